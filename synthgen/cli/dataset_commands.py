@@ -1,0 +1,1 @@
+"""synthgen run, verify and show."""

@@ -1,0 +1,1 @@
+"""synthgen train, sample and models."""
