@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data files and a tiny (untrained) checkpoint made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthgen.checkpoint import CheckpointConfig, save_checkpoint
+from synthgen.models import DCGANConfig, DCGANGenerator, config_to_dict
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@pytest.fixture(scope="session")
+def breast_npz() -> str:
+    """Path to the real BreastMNIST file (546 train images, 28x28 grayscale, 0=malignant 1=normal)."""
+    path = DATA_DIR / "breastmnist.npz"
+    assert path.is_file(), f"missing test data {path}"
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def retina_npz() -> str:
+    """Path to the real RetinaMNIST file (1080 train images, 28x28 RGB, 5 grades)."""
+    path = DATA_DIR / "retinamnist.npz"
+    assert path.is_file(), f"missing test data {path}"
+    return str(path)
+
+
+def make_tiny_checkpoint(out_dir: Path, seed: int = 0) -> str:
+    """Save a randomly initialised conditional DCGAN (width 32, malignant/normal, 28x28); return its fingerprint."""
+    torch.manual_seed(seed)
+    model_config = DCGANConfig(latent_dim=16, image_size=28, channels=1, num_classes=2, width=32, embed_dim=8)
+    generator = DCGANGenerator(model_config).eval()
+    config = CheckpointConfig(
+        arch="dcgan", model_config=config_to_dict(model_config), image_shape=[1, 28, 28],
+        latent_dim=model_config.latent_dim, class_names=["malignant", "normal"],
+        training={"note": "random init, made by tests/conftest.py"},
+    )
+    return save_checkpoint(str(out_dir), generator, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Directory of a small conditional DCGAN checkpoint (random weights); do not modify it."""
+    out = tmp_path_factory.mktemp("tiny-checkpoint")
+    make_tiny_checkpoint(out)
+    return str(out)
