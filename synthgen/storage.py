@@ -7,10 +7,12 @@ a complete file under the final name (on object stores the move is a copy, and t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass
+from typing import BinaryIO, Iterator
 
 import pyarrow.fs as pafs
 
@@ -65,21 +67,40 @@ def temp_sibling(path: str) -> str:
     return posixpath.join(head, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{tail}")
 
 
-def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling of ``path``, then move it into place."""
+@contextlib.contextmanager
+def open_atomic(loc: Location, path: str) -> Iterator[BinaryIO]:
+    """A writable stream whose content appears under ``path`` only once the block ends without error.
+
+    Local disk: a temporary sibling, renamed into place (atomic on POSIX) or removed on error. Object
+    stores: the upload itself, since an object becomes visible only when its upload completes.
+    """
     loc.fs.create_dir(posixpath.dirname(path), recursive=True)
+    if not loc.is_local:
+        with loc.fs.open_output_stream(path) as out:
+            yield out
+        return
     tmp = temp_sibling(path)
-    with loc.fs.open_output_stream(tmp) as out:
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
+    with open_atomic(loc, path) as out:
         out.write(data)
-    commit(loc, tmp, path)
 
 
-def commit(loc: Location, tmp: str, path: str) -> None:
-    """Move a finished temporary file to its final name (atomic rename on local disk)."""
-    if loc.is_local:
-        os.replace(tmp, path)  # atomic on POSIX, also when ``path`` exists
-    else:
-        loc.fs.move(tmp, path)
+def remove(loc: Location, path: str) -> None:
+    info = loc.fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        loc.fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        loc.fs.delete_file(path)
 
 
 def list_files(loc: Location, path: str, recursive: bool = False) -> list[str]:

@@ -1,1 +1,106 @@
-"""synthgen run, verify and show."""
+"""``synthgen run``, ``verify`` and ``show``: each builds a config and calls one library function."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from synthgen.cli.common import app, fail, user_errors
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@app.command()
+def run(
+    count: Annotated[int, typer.Option("--count", "-n", help="Images to generate.")],
+    out: Annotated[str, typer.Option(help="Dataset directory or URI (s3://bucket/prefix, ...).")] = "synthetic",
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint directory, URI or bundled model name; "
+                                                      "default: the bundled breastmnist-dcgan.")] = None,
+    format: Annotated[str, typer.Option("--format", help="parquet (HF image column) or png (ImageFolder tree)."
+                                        )] = "parquet",
+    shard_size: Annotated[int, typer.Option(help="Images per shard (unit of work, file and resume).")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Base seed; image i depends only on (model, seed, i, labels).")] = 0,
+    labels: Annotated[Optional[str], typer.Option(
+        help="Label plan: balanced (default), one class (malignant or 0), or weights (malignant=0.7,normal=0.3)."
+    )] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (does not change the output).")] = 256,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); part of the dataset identity."
+                                           )] = "fp32",
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs to use, one actor each (default: all the cluster "
+                                                     "has; 0 = CPU actors).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs "
+                                                        "(default: one per 4 CPUs).")] = None,
+    actors_per_gpu: Annotated[int, typer.Option(help="Actors sharing each GPU.")] = 1,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (host:port or ray://...); "
+                                                        "default: start a local one.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a dataset of other settings at --out.")] = False,
+    allow_custom_arch: Annotated[bool, typer.Option(help="Allow importing a checkpoint's package.module:factory "
+                                                         "architecture (runs its code).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Generate COUNT images into a Parquet or PNG dataset; re-running the same command resumes it."""
+    from synthgen.engine import RunConfig
+    from synthgen.engine import run as run_job
+
+    config = RunConfig(count=count, out=out, model=model, format=format, shard_size=shard_size, seed=seed,
+                       labels=labels, batch_size=batch_size, precision=precision, gpus=gpus, workers=workers,
+                       actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
+                       allow_import=allow_custom_arch, progress=progress)
+    with user_errors():
+        try:
+            summary = run_job(config)
+        except KeyboardInterrupt:
+            fail(f"interrupted; committed shards are kept in {out}: run the same command again to resume")
+    made = f"{summary.generated} new" if summary.generated != summary.total else f"{summary.generated}"
+    typer.echo(f"done: {made} images ({summary.total} in the dataset), {_human_bytes(summary.bytes)}, "
+               f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {out}")
+
+
+@app.command()
+def verify(
+    path: Annotated[str, typer.Argument(help="Dataset directory or URI.")],
+) -> None:
+    """Check a dataset against its manifest: files, sizes, sha256, row counts, every index exactly once."""
+    from synthgen.verify import verify_dataset
+
+    with user_errors():
+        report = verify_dataset(path)
+    counts = ", ".join(f"{k}={v}" for k, v in report.class_counts.items())
+    typer.echo(f"{path}: {report.rows} rows in {report.shards} shards, {_human_bytes(report.bytes)}"
+               + (f" ({counts})" if counts else ""))
+    if not report.ok:
+        for problem in report.problems:
+            typer.echo(f"problem: {problem}", err=True)
+        fail(f"{len(report.problems)} problem(s) in {path}")
+    typer.echo("ok: every shard matches the manifest")
+
+
+@app.command()
+def show(
+    path: Annotated[str, typer.Argument(help="Dataset directory or URI.")],
+    index: Annotated[int, typer.Option(help="Index of the image to regenerate.")],
+    out: Annotated[Optional[str], typer.Option(help="Write the regenerated image to this PNG.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="The dataset's model, if it moved.")] = None,
+) -> None:
+    """Regenerate image INDEX from the manifest alone and say whether it matches the stored bytes."""
+    from synthgen.imaging import save_png
+    from synthgen.show import regenerate
+
+    with user_errors():
+        result = regenerate(path, index, model)
+    label = f"label {result.label} ({result.class_name})" if result.label >= 0 else "unconditional"
+    verdict = ("identical PNG bytes" if result.same_bytes else
+               "same pixels, different PNG bytes (another zlib?)" if result.same_pixels else "DIFFERENT pixels")
+    typer.echo(f"index {result.index}: seed {result.seed}, {label}: regenerated image vs stored: {verdict}")
+    if out:
+        save_png(out, result.image)
+        typer.echo(f"wrote {out}")
+    if not result.same_pixels:
+        raise typer.Exit(1)

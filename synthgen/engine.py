@@ -1,0 +1,374 @@
+"""The only module that imports ray: actor pool, scheduling, retries, progress and resume.
+
+The driver plans shards, hands them to a pool of :class:`synthgen.worker.ShardGenerator` actors (two in
+flight per actor, so a slow actor simply takes fewer), and records each committed shard in the manifest.
+Actors write their shards themselves; only small shard records travel back. An actor that dies is
+restarted by Ray and its shard retried; when restarts run out the shard goes to another actor. Because a
+shard's bytes depend only on its indices, a retried or resumed shard is identical to a first attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from tqdm import tqdm
+
+from synthgen import manifest as mf
+from synthgen import storage
+from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, load_checkpoint
+from synthgen.errors import SynthgenError
+from synthgen.plan import ShardSpec, check_counts, check_seed, parse_label_plan, plan_shards
+from synthgen.sampling import PRECISIONS
+from synthgen.verify import check_shard
+from synthgen.worker import ShardGenerator, WorkerConfig
+from synthgen.writers import FORMATS, Layout, write_png_metadata
+
+IN_FLIGHT_PER_ACTOR = 2
+MANIFEST_SAVE_INTERVAL_S = 1.0
+OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "images", "meta")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``synthgen run`` takes; see ``synthgen run --help`` for each field."""
+
+    count: int
+    out: str = "synthetic"
+    model: str | None = None  # None = the bundled default model
+    format: str = "parquet"
+    shard_size: int = 10_000
+    seed: int = 0
+    labels: str | None = None
+    batch_size: int = 256
+    precision: str = "fp32"
+    gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
+    workers: int | None = None  # CPU actors when running without GPUs; None = one per 4 CPUs
+    actors_per_gpu: int = 1
+    address: str | None = None
+    overwrite: bool = False
+    allow_import: bool = False
+    progress: bool = True
+    max_retries: int = 3
+    start_timeout_s: float = 120.0
+
+
+@dataclass
+class RunSummary:
+    out: str
+    total: int  # images in the dataset
+    generated: int  # images made by this run (the rest were already committed)
+    bytes: int
+    seconds: float  # wall time of the whole run, cluster start included
+    generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
+    actors: int = 0
+    device: str = ""
+    retried_shards: list[int] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Generate (or finish) the dataset described by ``config``.
+
+    Returns:
+        What was written, and how fast.
+    """
+    t0 = time.perf_counter()
+    fresh, layout, model_source = _plan_job(config)
+    loc = storage.locate(config.out)
+    manifest = prepare_output(loc, fresh, config.overwrite)
+    todo = (s for s in plan_shards(config.count, config.shard_size) if s.shard_id not in manifest.shards)
+    summary = RunSummary(config.out, config.count, 0, 0, 0.0)
+    if len(manifest.shards) < manifest.num_shards:
+        worker = WorkerConfig(model_source, fresh.model["fingerprint"], config.out, layout, config.seed,
+                              fresh.job["labels"], config.batch_size, config.precision,
+                              allow_import=config.allow_import)
+        with _ray_session(config.address):
+            _generate(config, worker, manifest, loc, todo, summary)
+    _finish(loc, manifest)
+    summary.bytes = sum(r.bytes for r in manifest.shards.values())
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
+    check_counts(config.count, config.shard_size)
+    check_seed(config.seed)
+    if config.format not in FORMATS:
+        raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
+    if config.precision not in PRECISIONS:
+        raise SynthgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.batch_size < 1:
+        raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
+    ckpt = load_checkpoint(config.model, allow_import=config.allow_import)
+    source = model_reference(config.model)
+    plan = parse_label_plan(config.labels, ckpt.config.class_names)
+    job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
+           "encoding": "png", "precision": config.precision, "labels": plan.to_json()}
+    model = {"source": source, "fingerprint": ckpt.fingerprint, "arch": ckpt.config.arch,
+             "image_shape": ckpt.config.image_shape, "latent_dim": ckpt.config.latent_dim,
+             "class_names": ckpt.config.class_names, "training": ckpt.config.training}
+    layout = Layout(config.format, tuple(ckpt.config.class_names), {"job": job, "model": model})
+    return mf.Manifest(job, model), layout, source
+
+
+def model_reference(model: str | None) -> str:
+    """How the manifest names the model: a bundled name as is, a local path made absolute, a URI as is."""
+    ref = model or DEFAULT_MODEL
+    if ref in bundled_models() or storage.is_uri(ref):
+        return ref
+    return os.path.abspath(ref)
+
+
+def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
+    """Make ``loc`` ready: new dataset, resume of the same one, or (with ``overwrite``) a replaced one.
+
+    Never touches files synthgen did not write; a directory holding other files is refused.
+    """
+    try:
+        existing = mf.load(loc)
+    except SynthgenError:
+        if not overwrite:
+            raise
+        existing = None
+    if existing is None:
+        foreign = _foreign_files(loc)
+        if foreign:
+            raise SynthgenError(f"--out {loc.uri}: holds files that are not a synthgen dataset "
+                                f"({', '.join(foreign[:3])}); choose an empty or new directory")
+        if overwrite:
+            _delete_dataset(loc)
+    elif overwrite or mf.identity_diff(existing, fresh):
+        if not overwrite:
+            diff = "; ".join(mf.identity_diff(existing, fresh))
+            raise SynthgenError(f"--out {loc.uri}: holds a dataset made with other settings ({diff}); "
+                                "use another --out, or --overwrite to replace it")
+        _delete_dataset(loc)
+    else:
+        fresh.shards = {j: r for j, r in existing.shards.items()
+                        if not check_shard(loc, r, fresh.job["format"], deep=False)}
+        fresh.status = existing.status if len(fresh.shards) == len(existing.shards) else "in_progress"
+    _remove_stale_temporaries(loc)
+    try:
+        mf.save(loc, fresh)
+    except OSError as err:
+        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or err})") from None
+    return fresh
+
+
+def _foreign_files(loc: storage.Location) -> list[str]:
+    if not storage.exists(loc, loc.root):
+        return []
+    if not storage.is_dir(loc, loc.root):
+        return [loc.root]
+    names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)]
+    names += [d for d in _subdirs(loc) if d not in OUR_FILES]
+    return [n for n in names if not _is_ours(n)]
+
+
+def _subdirs(loc: storage.Location) -> list[str]:
+    import pyarrow.fs as pafs
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.root))
+    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+
+
+def _is_ours(name: str) -> bool:
+    return name in OUR_FILES or name.startswith(storage.TMP_PREFIX) or (
+        name.startswith("shard-") and name.endswith(".parquet"))
+
+
+def _delete_dataset(loc: storage.Location) -> None:
+    if not storage.exists(loc, loc.root):
+        return
+    for name in [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc):
+        if _is_ours(name):
+            storage.remove(loc, loc.join(name))
+
+
+def _remove_stale_temporaries(loc: storage.Location) -> None:
+    if loc.is_local and os.path.isdir(loc.root):
+        for dirpath, _, files in os.walk(loc.root):
+            for name in files:
+                if name.startswith(storage.TMP_PREFIX):
+                    os.unlink(os.path.join(dirpath, name))
+
+
+class _ray_session:
+    """Join the cluster at ``address``, reuse this process's Ray, or start a local cluster (and stop it)."""
+
+    def __init__(self, address: str | None):
+        self.address, self.started = address, False
+
+    def __enter__(self) -> None:
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False, configure_logging=True)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            where = f"--address {self.address}" if self.address else "a local Ray cluster"
+            raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}") from None
+        self.started = True
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            ray.shutdown()
+
+
+def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, loc: storage.Location,
+              todo: Iterator[ShardSpec], summary: RunSummary) -> None:
+    pool = _ActorPool(config, worker)
+    summary.actors, summary.device = len(pool.actors), pool.device
+    bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
+               disable=not config.progress, desc="generating", smoothing=0.1)
+    saver = _ManifestSaver(loc, manifest)
+    t0 = time.perf_counter()
+    try:
+        for record in pool.map_unordered(todo, summary):
+            manifest.shards[record.shard_id] = record
+            summary.generated += record.rows
+            bar.update(record.rows)
+            saver.maybe_save()
+    finally:
+        summary.generate_seconds = time.perf_counter() - t0
+        saver.save()
+        bar.close()
+        pool.shutdown()
+
+
+class _ManifestSaver:
+    """Save the manifest at most once a second while shards land, and always at the end."""
+
+    def __init__(self, loc: storage.Location, manifest: mf.Manifest):
+        self.loc, self.manifest, self.last = loc, manifest, 0.0
+
+    def maybe_save(self) -> None:
+        if time.monotonic() - self.last >= MANIFEST_SAVE_INTERVAL_S:
+            self.save()
+
+    def save(self) -> None:
+        mf.save(self.loc, self.manifest)
+        self.last = time.monotonic()
+
+
+def _finish(loc: storage.Location, manifest: mf.Manifest) -> None:
+    if len(manifest.shards) < manifest.num_shards:
+        raise SynthgenError(f"{len(manifest.shards)} of {manifest.num_shards} shards done; "
+                            "re-run the same command to finish")
+    if manifest.job["format"] == "png":
+        write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)])
+    manifest.status = "complete"
+    mf.write_card(loc, manifest)
+    mf.save(loc, manifest)
+
+
+class _ActorPool:
+    """Actors that each hold the model; shards handed out as actors free up, failures retried."""
+
+    def __init__(self, config: RunConfig, worker: WorkerConfig):
+        self.config, self.worker = config, worker
+        self.options, count, threads = _actor_resources(config)
+        self.worker = WorkerConfig(**{**worker.__dict__, "threads": threads})
+        self.remote_cls = ray.remote(ShardGenerator)
+        self.actors = [self._new_actor() for _ in range(count)]
+        self.device = self._wait_ready()
+
+    def _new_actor(self):
+        return self.remote_cls.options(**self.options, max_restarts=self.config.max_retries,
+                                       max_task_retries=self.config.max_retries).remote(self.worker)
+
+    def _wait_ready(self) -> str:
+        try:
+            devices = ray.get([a.ping.remote() for a in self.actors], timeout=self.config.start_timeout_s)
+        except GetTimeoutError:
+            raise SynthgenError(f"the cluster could not place {len(self.actors)} actor(s) with "
+                                f"{self.options} within {self.config.start_timeout_s:.0f}s; "
+                                "ask for fewer --gpus/--workers") from None
+        except (RayActorError, RayTaskError) as err:
+            raise SynthgenError(f"an actor could not load the model: {_cause(err)}") from None
+        return ",".join(sorted(set(devices)))
+
+    def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
+        retry: deque[ShardSpec] = deque()
+        attempts: dict[int, int] = {}
+        in_flight: dict = {}  # ObjectRef -> (actor, spec)
+        load = {id(a): 0 for a in self.actors}
+        while True:
+            for actor in list(self.actors):
+                while load[id(actor)] < IN_FLIGHT_PER_ACTOR:
+                    spec = retry.popleft() if retry else next(todo, None)
+                    if spec is None:
+                        break
+                    in_flight[actor.__call__.remote(spec)] = (actor, spec)
+                    load[id(actor)] += 1
+            if not in_flight:
+                return
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, spec = in_flight.pop(ready[0])
+            load[id(actor)] -= 1
+            try:
+                yield ray.get(ready[0])
+            except RayActorError as err:
+                attempts[spec.shard_id] = attempts.get(spec.shard_id, 0) + 1
+                if attempts[spec.shard_id] > self.config.max_retries:
+                    raise SynthgenError(f"shard {spec.shard_id} failed {attempts[spec.shard_id]} times; "
+                                        f"last error: {_cause(err)}") from None
+                summary.retried_shards.append(spec.shard_id)
+                retry.append(spec)
+                self._replace_if_dead(actor, load)
+            except RayTaskError as err:
+                raise SynthgenError(f"shard {spec.shard_id} failed: {_cause(err)}") from None
+
+    def _replace_if_dead(self, actor, load: dict) -> None:
+        try:
+            ray.get(actor.ping.remote(), timeout=self.config.start_timeout_s)
+        except (RayActorError, GetTimeoutError):
+            self.actors.remove(actor)
+            fresh = self._new_actor()
+            self.actors.append(fresh)
+            load[id(fresh)] = 0
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _cause(err: Exception) -> str:
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__
+
+
+def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
+    """Ray options, actor count and torch threads per actor; refuses requests the cluster cannot meet."""
+    resources = ray.cluster_resources()
+    total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    gpus = total_gpus if config.gpus is None else config.gpus
+    if gpus < 0:
+        raise SynthgenError(f"--gpus must be >= 0, got {gpus}")
+    if gpus > total_gpus:
+        raise SynthgenError(f"--gpus {gpus}: the cluster has {total_gpus} GPU(s) and {total_cpus} CPU(s)")
+    if gpus:
+        if config.actors_per_gpu < 1:
+            raise SynthgenError(f"--actors-per-gpu must be >= 1, got {config.actors_per_gpu}")
+        actors = gpus * config.actors_per_gpu
+        cpus = min(1.0, total_cpus / actors) if total_cpus else 0
+        return {"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, actors, 0
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    workers = config.workers if config.workers is not None else max(1, total_cpus // 4)
+    if workers < 1:
+        raise SynthgenError(f"--workers must be >= 1, got {workers}")
+    if total_cpus < 1:
+        raise SynthgenError("the cluster has no CPUs to run CPU actors on")
+    threads = int(max(1, min(largest, total_cpus // workers)))
+    cpus = float(threads) if workers * threads <= total_cpus else total_cpus / workers
+    return {"num_cpus": cpus, "num_gpus": 0}, workers, threads

@@ -1,0 +1,153 @@
+"""``manifest.json``, a dataset's commit record, and the dataset card ``README.md``.
+
+A shard counts as written only once the manifest lists it with its index range, row count, byte size and
+sha256; a file on disk that the manifest does not list is redone by the next run. The manifest holds no
+timestamps, so an interrupted-then-resumed job ends with the same manifest as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from synthgen import __version__, storage
+from synthgen.errors import SynthgenError
+
+MANIFEST_FILE = "manifest.json"
+CARD_FILE = "README.md"
+FORMAT = "synthgen-dataset"
+FORMAT_VERSION = 1
+# The fields that decide every byte of a dataset; a re-run must match them to resume.
+IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "labels")
+
+
+@dataclass
+class ShardRecord:
+    """One committed shard."""
+
+    shard_id: int
+    file: str  # relative to the dataset root: the parquet shard, or the PNG shard's metadata part
+    start: int
+    stop: int
+    rows: int
+    bytes: int  # all of the shard's files together
+    sha256: str  # of ``file`` (for PNG shards it lists each image's sha256)
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    job: dict[str, Any]  # identity fields + informational settings (batch size, workers, ...)
+    model: dict[str, Any]  # source, fingerprint, arch, image_shape, latent_dim, class_names, training
+    shards: dict[int, ShardRecord] = field(default_factory=dict)
+    status: str = "in_progress"
+    synthgen_version: str = __version__
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.job["count"] // self.job["shard_size"])
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    def identity(self) -> dict[str, Any]:
+        return {**{k: self.job[k] for k in IDENTITY_FIELDS}, "model_fingerprint": self.model["fingerprint"]}
+
+    def rows_done(self) -> int:
+        return sum(r.rows for r in self.shards.values())
+
+    def class_counts(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for record in self.shards.values():
+            for name, n in record.class_counts.items():
+                totals[name] = totals.get(name, 0) + n
+        return dict(sorted(totals.items()))
+
+    def to_json(self) -> str:
+        body = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "synthgen_version": self.synthgen_version,
+            "status": self.status, "job": self.job, "model": self.model, "num_shards": self.num_shards,
+            "rows": self.rows_done(), "bytes": sum(r.bytes for r in self.shards.values()),
+            "class_counts": self.class_counts(),
+            "shards": [asdict(self.shards[j]) for j in sorted(self.shards)],
+        }
+        return json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> Manifest:
+        try:
+            raw = json.loads(text)
+            if raw.get("format") != FORMAT:
+                raise ValueError(f'no "format": "{FORMAT}"')
+            shards = {int(s["shard_id"]): ShardRecord(**s) for s in raw["shards"]}
+            return cls(raw["job"], raw["model"], shards, raw["status"], raw["synthgen_version"])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise SynthgenError(f"{source}: not a valid synthgen manifest ({err})") from None
+
+
+def manifest_path(loc: storage.Location) -> str:
+    return loc.join(MANIFEST_FILE)
+
+
+def load(loc: storage.Location) -> Manifest | None:
+    """The manifest of the dataset at ``loc``, or None when there is none."""
+    path = manifest_path(loc)
+    if not storage.exists(loc, path):
+        return None
+    return Manifest.from_json(storage.read_bytes(loc, path).decode("utf-8", "replace"), path)
+
+
+def save(loc: storage.Location, manifest: Manifest) -> None:
+    storage.write_bytes_atomic(loc, manifest_path(loc), manifest.to_json().encode())
+
+
+def identity_diff(old: Manifest, new: Manifest) -> list[str]:
+    """Human-readable differences in the fields that decide a dataset's bytes."""
+    a, b = old.identity(), new.identity()
+    return [f"{k}: {a[k]!r} there, {b[k]!r} now" for k in a if a[k] != b[k]]
+
+
+def write_card(loc: storage.Location, manifest: Manifest) -> None:
+    """A Hugging Face style dataset card: what made the dataset, how to load it, counts per class."""
+    job, model = manifest.job, manifest.model
+    c, h, w = model["image_shape"]
+    counts = "\n".join(f"| {name} | {n} |" for name, n in manifest.class_counts().items()) or "| (none) | |"
+    training = model.get("training", {})
+    files = "shard-*.parquet" if job["format"] == "parquet" else "images/<class>/<index>.png + metadata.parquet"
+    loader = ('load_dataset("parquet", data_files="DIR/shard-*.parquet", split="train")'
+              if job["format"] == "parquet" else 'load_dataset("imagefolder", data_dir="DIR", split="train")')
+    text = f"""---
+license: cc-by-4.0
+tags: [synthetic, synthgen]
+---
+# Synthetic images made by synthgen {manifest.synthgen_version}
+
+{job['count']} images of {h}x{w} pixels, {c} channel(s), generated by a `{model['arch']}` generator
+(fingerprint `{model['fingerprint'][:16]}`, from `{model['source']}`) with base seed {job['seed']}, label plan
+`{job['labels']['kind']}`, precision {job['precision']}. Files: `{files}`; `manifest.json` lists every shard
+with its index range and sha256 (`synthgen verify DIR` checks them).
+
+Every image is reproducible: image *i* depends only on the model, the base seed, *i* and the label plan
+(`synthgen show DIR --index I`).
+
+| class | images |
+| --- | --- |
+{counts}
+
+## Load
+
+```python
+from datasets import load_dataset
+ds = {loader}
+import ray; ray.data.read_parquet("DIR")
+```
+
+## Provenance and license
+
+The generator was trained on `{training.get('data', 'unknown data')}` (sha256 `{training.get('data_sha256', '?')}`).
+Synthetic data inherits the terms of the data its generator learned from: for MedMNIST-trained models that is
+CC BY 4.0 (cite MedMNIST v2, Yang et al., Scientific Data 10, 41 (2023), and the source dataset).
+"""
+    storage.write_bytes_atomic(loc, loc.join(CARD_FILE), text.encode())

@@ -1,0 +1,76 @@
+"""Regenerate one image of a dataset from its manifest alone and compare it with the stored bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from synthgen import manifest as mf
+from synthgen import storage
+from synthgen.checkpoint import load_checkpoint
+from synthgen.errors import SynthgenError
+from synthgen.imaging import decode_png, encode_png
+from synthgen.plan import LabelPlan, image_seeds
+from synthgen.sampling import generate
+
+
+@dataclass
+class ShowResult:
+    index: int
+    seed: int
+    label: int
+    class_name: str
+    image: np.ndarray  # regenerated, (H, W, C) uint8
+    stored_png: bytes
+    same_pixels: bool
+    same_bytes: bool
+
+
+def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
+    """Rebuild image ``index`` of the dataset at ``path`` and compare it with what is stored.
+
+    Args:
+        path: dataset directory or URI.
+        index: image index, 0 <= index < count.
+        model: where the model is now, if it moved since the dataset was made (fingerprint must match).
+
+    Returns:
+        The regenerated image and whether its pixels and PNG bytes equal the stored ones.
+    """
+    loc = storage.locate(path)
+    manifest = mf.load(loc)
+    if manifest is None:
+        raise SynthgenError(f"{path}: no {mf.MANIFEST_FILE}; not a synthgen dataset")
+    job = manifest.job
+    if not 0 <= index < job["count"]:
+        raise SynthgenError(f"--index must be between 0 and {job['count'] - 1}, got {index}")
+    record = manifest.shards.get(index // job["shard_size"])
+    if record is None:
+        raise SynthgenError(f"--index {index}: its shard is not committed yet; finish the run first")
+    ckpt = load_checkpoint(model or manifest.model["source"])
+    if ckpt.fingerprint != manifest.model["fingerprint"]:
+        raise SynthgenError(f"{ckpt.source}: fingerprint {ckpt.fingerprint[:12]} is not the dataset's model "
+                            f"({manifest.model['fingerprint'][:12]}); pass --model with the original checkpoint")
+    plan = LabelPlan.from_json(job["labels"])
+    seeds = image_seeds(job["seed"], np.array([index]))
+    labels = plan.labels(np.array([index]))
+    image = generate(ckpt.model, seeds, labels, precision=job["precision"])[0]
+    stored = _stored_png(loc, job["format"], record, index)
+    names = plan.class_names
+    return ShowResult(index, int(seeds[0]), int(labels[0]), names[labels[0]] if labels[0] >= 0 else "",
+                      image, stored, bool(np.array_equal(decode_png(stored), image)),
+                      encode_png(image) == stored)
+
+
+def _stored_png(loc: storage.Location, fmt: str, record: mf.ShardRecord, index: int) -> bytes:
+    columns = ["index", "image"] if fmt == "parquet" else ["index", "file_name"]
+    with loc.fs.open_input_file(loc.join(record.file)) as f:
+        table = pq.read_table(f, columns=columns, filters=[("index", "=", index)])
+    if table.num_rows != 1:
+        raise SynthgenError(f"{record.file}: has no row for index {index}; run synthgen verify")
+    if fmt == "parquet":
+        return table.column("image")[0]["bytes"].as_py()
+    return storage.read_bytes(loc, loc.join(table.column("file_name")[0].as_py()))
+
