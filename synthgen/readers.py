@@ -1,0 +1,276 @@
+"""Training data in: MedMNIST-style .npz, a folder of class subfolders, or Parquet (Hugging Face or synthgen).
+
+Every reader returns one :class:`ImageSet` of uint8 ``(N, H, W, C)`` images and int64 labels, plus the
+sha256 of the bytes it read, so a checkpoint can say exactly which data made it. Paths go through
+:mod:`synthgen.storage`, so ``s3://`` and friends work like local paths. No torch here: readers are
+plain numpy + Pillow + pyarrow.
+
+Anything wrong with the input raises :class:`SynthgenError` naming the file and what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from synthgen import storage
+from synthgen.errors import SynthgenError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+@dataclass
+class ImageSet:
+    """Images and labels read from one source."""
+
+    images: np.ndarray  # (N, H, W, C) uint8, C in (1, 3)
+    labels: np.ndarray  # (N,) int64, in range(len(class_names))
+    class_names: list[str]
+    sha256: str  # of the source bytes (for folders: sorted relative paths + bytes)
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W), the order checkpoints use."""
+        _, h, w, c = self.images.shape
+        return c, h, w
+
+
+def load_images(path: str, split: str = "train") -> ImageSet:
+    """Read a training set from ``path``.
+
+    Args:
+        path: a ``.npz`` (MedMNIST layout), a ``.parquet`` file, a directory of ``*.parquet`` files
+            (e.g. a synthgen dataset) or a directory with one subfolder of PNG/JPEG images per class.
+        split: which ``{split}_images`` / ``{split}_labels`` pair to read from an ``.npz``; for a Parquet
+            directory, files named ``{split}-*`` are preferred when there are any.
+
+    Returns:
+        The images, labels, class names and the sha256 of the source.
+    """
+    loc = storage.locate(path)
+    if not storage.exists(loc, loc.root):
+        raise SynthgenError(f"{path}: no such file or directory (--data)")
+    if storage.is_dir(loc, loc.root):
+        files = storage.list_files(loc, loc.root, recursive=True)
+        parquet = [f for f in files if f.endswith(".parquet") and not _is_hidden(loc, f)]
+        if parquet:
+            return _read_parquet(loc, _pick_split(parquet, split))
+        return _read_folder(loc)
+    data = _read(loc, loc.root)
+    if data[:4] == b"PAR1":
+        return _read_parquet(loc, [loc.root], first_bytes={loc.root: data})
+    if data[:2] == b"PK" or path.endswith(".npz"):
+        return _read_npz(data, path, split)
+    raise SynthgenError(f"{path}: unsupported data file; use a MedMNIST-style .npz, a .parquet file, "
+                        "or a folder with one subfolder of images per class")
+
+
+# ---------------------------------------------------------------- npz
+
+def _read_npz(data: bytes, source: str, split: str) -> ImageSet:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            keys = sorted(npz.files)
+            img_key, lab_key = f"{split}_images", f"{split}_labels"
+            if img_key not in keys or lab_key not in keys:
+                raise SynthgenError(f"{source}: no {img_key!r}/{lab_key!r} arrays (it has: "
+                                    f"{', '.join(keys) or 'nothing'}); pick another --split or use the "
+                                    "MedMNIST layout")
+            images, labels = npz[img_key], npz[lab_key]
+            names = [str(n) for n in npz["class_names"]] if "class_names" in keys else None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        if isinstance(err, SynthgenError):
+            raise
+        raise SynthgenError(f"{source}: corrupt or unreadable .npz file ({type(err).__name__}: {err})") from None
+    images = _npz_images(images, source, img_key)
+    labels = _flat_labels(labels, len(images), source)
+    return ImageSet(images, labels, _class_names(names, labels, source), _sha256(data), source)
+
+
+def _npz_images(images: np.ndarray, source: str, key: str) -> np.ndarray:
+    if images.ndim == 3:
+        images = images[..., None]  # grayscale (N, H, W) -> (N, H, W, 1)
+    if images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise SynthgenError(f"{source}: {key} must be (N, H, W) or (N, H, W, 3), got {images.shape}")
+    if images.dtype != np.uint8:
+        if images.size and (images.min() < 0 or images.max() > 255 or not np.issubdtype(images.dtype, np.integer)):
+            raise SynthgenError(f"{source}: {key} must hold uint8 pixel values 0-255, got {images.dtype}")
+        images = images.astype(np.uint8)
+    if len(images) == 0:
+        raise SynthgenError(f"{source}: {key} holds zero images")
+    return np.ascontiguousarray(images)
+
+
+def _flat_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != n:
+        raise SynthgenError(f"{source}: {n} images but labels of shape {labels.shape}; "
+                            "expected one label per image")
+    if not np.issubdtype(labels.dtype, np.integer) or (n and labels.min() < 0):
+        raise SynthgenError(f"{source}: labels must be non-negative integers, got {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _class_names(names: list[str] | None, labels: np.ndarray, source: str) -> list[str]:
+    """The given names (checked against the labels), or "0", "1", ... up to the largest label."""
+    top = int(labels.max()) + 1 if len(labels) else 1
+    if names is None:
+        return [str(i) for i in range(top)]
+    if len(names) < top:
+        raise SynthgenError(f"{source}: labels go up to {top - 1} but only {len(names)} class names are given")
+    return names
+
+
+# ---------------------------------------------------------------- image folder
+
+def _read_folder(loc: storage.Location) -> ImageSet:
+    files = [f for f in storage.list_files(loc, loc.root, recursive=True) if not _is_hidden(loc, f)]
+    classes = sorted({_rel(loc, f).split("/")[0] for f in files if "/" in _rel(loc, f)})
+    if not classes:
+        raise SynthgenError(f"{loc.uri}: empty folder; expected one subfolder of PNG/JPEG images per class")
+    arrays, labels, h = [], [], hashlib.sha256()
+    for label, name in enumerate(classes):
+        members = [f for f in files if _rel(loc, f).startswith(name + "/") and f.lower().endswith(IMAGE_SUFFIXES)]
+        if not members:
+            raise SynthgenError(f"{loc.join(name)}: class folder has no PNG/JPEG images")
+        for f in members:
+            data = _read(loc, f)
+            _hash_member(h, _rel(loc, f), data)
+            arrays.append((f, _decode(data, f)))
+            labels.append(label)
+    images = _stack(arrays)
+    return ImageSet(images, np.asarray(labels, np.int64), classes, h.hexdigest(), loc.uri)
+
+
+# ---------------------------------------------------------------- parquet
+
+def _read_parquet(loc: storage.Location, paths: list[str],
+                  first_bytes: dict[str, bytes] | None = None) -> ImageSet:
+    arrays, labels, names, h = [], [], None, hashlib.sha256()
+    for path in paths:
+        data = (first_bytes or {}).get(path) or _read(loc, path)
+        _hash_member(h, _rel(loc, path) or posixpath.basename(path), data)
+        table = _parquet_table(data, path)
+        names = names if names is not None else _hf_label_names(table.schema)
+        image_col = table.column("image").to_pylist()
+        for k, cell in enumerate(image_col):
+            raw = cell.get("bytes") if isinstance(cell, dict) else cell
+            if not raw:
+                raise SynthgenError(f"{path}: row {k} has no image bytes")
+            arrays.append((f"{path} row {k}", _decode(raw, f"{path} row {k}")))
+        labels.append(_parquet_labels(table, path))
+    if not arrays:
+        raise SynthgenError(f"{loc.uri}: zero images in {len(paths)} Parquet file(s)")
+    label_arr = np.concatenate(labels)
+    sha = _sha256(first_bytes[paths[0]]) if first_bytes else h.hexdigest()
+    return ImageSet(_stack(arrays), label_arr, _class_names(names, label_arr, loc.uri), sha, loc.uri)
+
+
+def _parquet_table(data: bytes, path: str) -> pa.Table:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as err:
+        raise SynthgenError(f"{path}: cannot read as Parquet ({err})") from None
+    if "image" not in table.column_names:
+        raise SynthgenError(f"{path}: no 'image' column (it has: {', '.join(table.column_names)})")
+    return table
+
+
+def _parquet_labels(table: pa.Table, path: str) -> np.ndarray:
+    if "label" not in table.column_names:
+        raise SynthgenError(f"{path}: no 'label' column (it has: {', '.join(table.column_names)})")
+    col = table.column("label")
+    if col.null_count:
+        raise SynthgenError(f"{path}: 'label' column has {col.null_count} empty values")
+    try:
+        values = np.asarray(col.to_numpy(zero_copy_only=False))
+    except (pa.ArrowException, TypeError) as err:
+        raise SynthgenError(f"{path}: 'label' column is not integers ({err})") from None
+    return _flat_labels(values, table.num_rows, path)
+
+
+def _hf_label_names(schema: pa.Schema) -> list[str] | None:
+    """ClassLabel names from Hugging Face's schema metadata (``{"info": {"features": ...}}`` or ``{"features": ...}``)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # metadata is a hint, not the data: ignore it when garbled
+    features = (meta.get("info") or {}).get("features") or meta.get("features") or {}
+    names = (features.get("label") or {}).get("names") if isinstance(features, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def _pick_split(paths: list[str], split: str) -> list[str]:
+    chosen = [p for p in paths if posixpath.basename(p).startswith(f"{split}-")]
+    return chosen or paths
+
+
+# ---------------------------------------------------------------- shared
+
+def _decode(data: bytes, source: str) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 (H, W, 1) for gray modes, (H, W, 3) otherwise."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            arr = np.asarray(img.convert("L" if img.mode in GRAY_MODES else "RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise SynthgenError(f"{source}: not a readable PNG/JPEG image ({err})") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _stack(arrays: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Stack decoded images; gray ones become RGB when any image is colour, so the set has one format."""
+    first_name, first = arrays[0]
+    for name, arr in arrays:
+        if arr.shape[:2] != first.shape[:2]:
+            raise SynthgenError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]} but {first_name} is "
+                                f"{first.shape[1]}x{first.shape[0]}; all images must have one size")
+    channels = max(arr.shape[2] for _, arr in arrays)
+    return np.stack([np.repeat(arr, channels // arr.shape[2], axis=2) for _, arr in arrays])  # (N, H, W, C)
+
+
+def _read(loc: storage.Location, path: str) -> bytes:
+    try:
+        return storage.read_bytes(loc, path)
+    except OSError as err:
+        raise SynthgenError(f"{path}: cannot read ({err})") from None
+
+
+def _rel(loc: storage.Location, path: str) -> str:
+    return posixpath.relpath(path, loc.root) if path != loc.root else ""
+
+
+def _is_hidden(loc: storage.Location, path: str) -> bool:
+    # dotfiles and synthgen's in-flight temporaries are not data
+    return any(part.startswith(".") for part in _rel(loc, path).split("/"))
+
+
+def _hash_member(h: "hashlib._Hash", rel: str, data: bytes) -> None:
+    # length-prefixing keeps (name, bytes) boundaries unambiguous
+    h.update(f"{rel}\0{len(data)}\0".encode())
+    h.update(data)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
