@@ -32,7 +32,7 @@ from synthgen.writers import FORMATS, Layout, write_png_metadata
 
 IN_FLIGHT_PER_ACTOR = 2
 MANIFEST_SAVE_INTERVAL_S = 1.0
-OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "images", "meta")
+OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
 
 
 @dataclass
@@ -68,7 +68,8 @@ class RunSummary:
     seconds: float  # wall time of the whole run, cluster start included
     generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
     actors: int = 0
-    device: str = ""
+    device: str = ""  # the torch device(s) the actors run on
+    gpu_ids: list[list[int]] = field(default_factory=list)  # Ray's GPU ids held by each actor
     retried_shards: list[int] = field(default_factory=list)
 
     @property
@@ -182,8 +183,7 @@ def _subdirs(loc: storage.Location) -> list[str]:
 
 
 def _is_ours(name: str) -> bool:
-    return name in OUR_FILES or name.startswith(storage.TMP_PREFIX) or (
-        name.startswith("shard-") and name.endswith(".parquet"))
+    return name in OUR_FILES or name.startswith(storage.TMP_PREFIX)
 
 
 def _delete_dataset(loc: storage.Location) -> None:
@@ -227,7 +227,7 @@ class _ray_session:
 def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, loc: storage.Location,
               todo: Iterator[ShardSpec], summary: RunSummary) -> None:
     pool = _ActorPool(config, worker)
-    summary.actors, summary.device = len(pool.actors), pool.device
+    summary.actors, summary.device, summary.gpu_ids = len(pool.actors), pool.device, pool.gpu_ids
     bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
                disable=not config.progress, desc="generating", smoothing=0.1)
     saver = _ManifestSaver(loc, manifest)
@@ -271,6 +271,12 @@ def _finish(loc: storage.Location, manifest: mf.Manifest) -> None:
     mf.save(loc, manifest)
 
 
+class _RayShardGenerator(ShardGenerator):
+    def placement(self) -> tuple[str, list[int]]:
+        """The torch device this actor uses and the GPU ids Ray gave it."""
+        return self.device, sorted(int(i) for i in ray.get_gpu_ids())
+
+
 class _ActorPool:
     """Actors that each hold the model; shards handed out as actors free up, failures retried."""
 
@@ -278,24 +284,24 @@ class _ActorPool:
         self.config, self.worker = config, worker
         self.options, count, threads = _actor_resources(config)
         self.worker = WorkerConfig(**{**worker.__dict__, "threads": threads})
-        self.remote_cls = ray.remote(ShardGenerator)
+        self.remote_cls = ray.remote(_RayShardGenerator)
         self.actors = [self._new_actor() for _ in range(count)]
-        self.device = self._wait_ready()
+        self.device, self.gpu_ids = self._wait_ready()
 
     def _new_actor(self):
         return self.remote_cls.options(**self.options, max_restarts=self.config.max_retries,
                                        max_task_retries=self.config.max_retries).remote(self.worker)
 
-    def _wait_ready(self) -> str:
+    def _wait_ready(self) -> tuple[str, list[list[int]]]:
         try:
-            devices = ray.get([a.ping.remote() for a in self.actors], timeout=self.config.start_timeout_s)
+            answers = ray.get([a.placement.remote() for a in self.actors], timeout=self.config.start_timeout_s)
         except GetTimeoutError:
             raise SynthgenError(f"the cluster could not place {len(self.actors)} actor(s) with "
                                 f"{self.options} within {self.config.start_timeout_s:.0f}s; "
                                 "ask for fewer --gpus/--workers") from None
         except (RayActorError, RayTaskError) as err:
             raise SynthgenError(f"an actor could not load the model: {_cause(err)}") from None
-        return ",".join(sorted(set(devices)))
+        return ",".join(sorted({device for device, _ in answers})), [ids for _, ids in answers]
 
     def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
         retry: deque[ShardSpec] = deque()

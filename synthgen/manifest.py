@@ -115,8 +115,8 @@ def write_card(loc: storage.Location, manifest: Manifest) -> None:
     c, h, w = model["image_shape"]
     counts = "\n".join(f"| {name} | {n} |" for name, n in manifest.class_counts().items()) or "| (none) | |"
     training = model.get("training", {})
-    files = "shard-*.parquet" if job["format"] == "parquet" else "images/<class>/<index>.png + metadata.parquet"
-    loader = ('load_dataset("parquet", data_files="DIR/shard-*.parquet", split="train")'
+    files = "data/shard-*.parquet" if job["format"] == "parquet" else "images/<class>/<index>.png + metadata.parquet"
+    loader = ('load_dataset("parquet", data_dir="DIR/data", split="train")'
               if job["format"] == "parquet" else 'load_dataset("imagefolder", data_dir="DIR", split="train")')
     text = f"""---
 license: cc-by-4.0
@@ -141,7 +141,7 @@ Every image is reproducible: image *i* depends only on the model, the base seed,
 ```python
 from datasets import load_dataset
 ds = {loader}
-import ray; ray.data.read_parquet("DIR")
+import ray; ray.data.read_parquet("DIR/data")  # or pyarrow.dataset.dataset("DIR/data")
 ```
 
 ## Provenance and license

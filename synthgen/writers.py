@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +42,8 @@ class Layout:
 
 def shard_file(layout: Layout, shard_id: int) -> str:
     """The committed file that stands for shard ``shard_id``, relative to the dataset root."""
-    if layout.format == "parquet":
-        return f"shard-{shard_id:05d}.parquet"
+    if layout.format == "parquet":  # under data/, so DIR itself holds only the manifest and the card
+        return f"data/shard-{shard_id:05d}.parquet"
     return f"meta/shard-{shard_id:05d}.parquet"
 
 
@@ -184,7 +183,3 @@ def write_png_metadata(loc: storage.Location, shard_files: list[str]) -> None:
             with loc.fs.open_input_file(loc.join(name)) as f:
                 writer.write_table(pq.read_table(f))
         writer.close()
-
-
-def shard_path(loc: storage.Location, layout: Layout, shard_id: int) -> str:
-    return posixpath.join(loc.root, shard_file(layout, shard_id))

@@ -48,3 +48,64 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("tiny-checkpoint")
     make_tiny_checkpoint(out)
     return str(out)
+
+
+# --- Ray: one in-process instance per test session, and a real `ray start --head` cluster for the
+# cluster path (with declared GPUs, so GPU scheduling is exercised on a CPU machine).
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """This process's Ray (2 CPUs), shared by every engine test; the engine reuses it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory):
+    """A real head node on 127.0.0.1 with 2 CPUs and 2 declared GPUs; yields its GCS address.
+
+    Started by ``ray start --head --block`` in its own process group, and stopped by signalling exactly
+    that group, so no other Ray on the machine is touched.
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
+    temp_dir = tmp_path_factory.mktemp("rayhead")
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    log = open(temp_dir / "head.log", "w")
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--num-gpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start failed: {(temp_dir / 'head.log').read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    time.sleep(3)  # the GCS port opens before the raylet has registered the node
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

@@ -58,6 +58,9 @@ def run(
             summary = run_job(config)
         except KeyboardInterrupt:
             fail(f"interrupted; committed shards are kept in {out}: run the same command again to resume")
+    if summary.actors:
+        gpus = f" holding GPUs {summary.gpu_ids}" if any(summary.gpu_ids) else ""
+        typer.echo(f"ran {summary.actors} actor(s) on {summary.device}{gpus}")
     made = f"{summary.generated} new" if summary.generated != summary.total else f"{summary.generated}"
     typer.echo(f"done: {made} images ({summary.total} in the dataset), {_human_bytes(summary.bytes)}, "
                f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {out}")

@@ -1,0 +1,5 @@
+"""``python -m synthgen`` = the ``synthgen`` command."""
+
+from synthgen.cli import main
+
+main()
