@@ -1,0 +1,117 @@
+"""`synthgen run / verify / show` through Typer's CliRunner: happy path, refusals and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from synthgen.checkpoint import CheckpointConfig, save_checkpoint
+from synthgen.cli import app
+from synthgen.models import DCGANConfig, DCGANGenerator, config_to_dict
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def run_args(model: str, out: Path, *extra: str) -> list[str]:
+    return ["run", "--count", "300", "--shard-size", "100", "--model", model, "--out", str(out),
+            "--gpus", "0", "--workers", "1", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_checkpoint, ray_local) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "ds"
+    result = invoke(*run_args(tiny_checkpoint, out, "--labels", "malignant=0.25,normal=0.75"))
+    assert result.exit_code == 0, result.output
+    assert "done: 300 images" in result.output
+    return out
+
+
+def test_run_verify_show(dataset):
+    verified = invoke("verify", str(dataset))
+    assert verified.exit_code == 0 and "300 rows in 3 shards" in verified.output
+    assert "malignant=75, normal=225" in verified.output
+    shown = invoke("show", str(dataset), "--index", "123", "--out", str(dataset.parent / "x.png"))
+    assert shown.exit_code == 0 and "identical PNG bytes" in shown.output
+    assert (dataset.parent / "x.png").stat().st_size > 0
+    card = (dataset / "README.md").read_text()
+    assert "| normal | 225 |" in card
+
+
+def test_rerun_of_a_complete_dataset_changes_nothing(dataset, tiny_checkpoint):
+    before = {p: p.stat().st_mtime_ns for p in (dataset / "data").iterdir()}
+    result = invoke(*run_args(tiny_checkpoint, dataset, "--labels", "malignant=0.25,normal=0.75"))
+    assert result.exit_code == 0
+    assert {p: p.stat().st_mtime_ns for p in (dataset / "data").iterdir()} == before
+
+
+def test_other_settings_are_refused_unless_overwrite(dataset, tiny_checkpoint, tmp_path):
+    result = invoke(*run_args(tiny_checkpoint, dataset, "--seed", "5"))
+    assert result.exit_code == 1
+    assert "holds a dataset made with other settings" in result.output and "seed: 0 there, 5 now" in result.output
+    copy = tmp_path / "copy"
+    assert invoke(*run_args(tiny_checkpoint, copy)).exit_code == 0
+    assert invoke(*run_args(tiny_checkpoint, copy, "--seed", "5", "--overwrite")).exit_code == 0
+    assert invoke("verify", str(copy)).exit_code == 0
+
+
+def test_foreign_directory_is_refused_and_left_alone(tiny_checkpoint, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    for extra in ((), ("--overwrite",)):
+        result = invoke(*run_args(tiny_checkpoint, out, *extra))
+        assert result.exit_code == 1 and "not a synthgen dataset" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+@pytest.fixture(scope="module")
+def unconditional(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    cfg = DCGANConfig(latent_dim=8, width=16)
+    out = tmp_path_factory.mktemp("uncond")
+    save_checkpoint(str(out), DCGANGenerator(cfg).eval(),
+                    CheckpointConfig("dcgan", config_to_dict(cfg), [1, 28, 28], 8, []))
+    return str(out)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--count", "0"), "--count must be at least 1"),
+    (("--shard-size", "-1"), "--shard-size must be at least 1"),
+    (("--labels", "benign=1"), "unknown class 'benign'; this model's classes are malignant, normal"),
+    (("--format", "jpeg"), "--format must be one of parquet, png"),
+    (("--precision", "fp8"), "--precision must be one of"),
+    (("--batch-size", "0"), "--batch-size must be at least 1"),
+    (("--seed", "-1"), "--seed must be between"),
+])
+def test_bad_flags(extra, message, tiny_checkpoint, tmp_path):
+    result = invoke(*run_args(tiny_checkpoint, tmp_path / "never"), *extra)
+    assert result.exit_code == 1 and message in result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_bad_model_and_out(tmp_path, unconditional, ray_local):
+    missing = invoke(*run_args(str(tmp_path / "nope"), tmp_path / "o1"))
+    assert missing.exit_code == 1 and "nope: no such checkpoint directory" in missing.output
+    labels = invoke(*run_args(unconditional, tmp_path / "o2", "--labels", "normal"))
+    assert labels.exit_code == 1 and "unconditional" in labels.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    unwritable = invoke(*run_args(unconditional, blocker / "ds"))
+    assert unwritable.exit_code == 1 and "cannot write there" in unwritable.output
+    assert invoke(*run_args(unconditional, tmp_path / "o3")).exit_code == 0  # unconditional works
+
+
+def test_verify_and_show_bad_input(tmp_path, dataset):
+    assert "not a synthgen dataset" in invoke("verify", str(tmp_path)).output
+    out_of_range = invoke("show", str(dataset), "--index", "300")
+    assert out_of_range.exit_code == 1 and "--index must be between 0 and 299" in out_of_range.output
