@@ -208,7 +208,10 @@ def _parquet_labels(table: pa.Table, path: str) -> np.ndarray:
 
 
 def _hf_label_names(schema: pa.Schema) -> list[str] | None:
-    """ClassLabel names from Hugging Face's schema metadata (``{"info": {"features": ...}}`` or ``{"features": ...}``)."""
+    """ClassLabel names from Hugging Face's schema metadata.
+
+    ``datasets`` writes ``{"info": {"features": ...}}``; older exports put ``{"features": ...}`` at the top.
+    """
     raw = (schema.metadata or {}).get(b"huggingface")
     if not raw:
         return None

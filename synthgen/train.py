@@ -1,0 +1,294 @@
+"""Train a DCGAN or VAE generator on an image set and save it as a synthgen checkpoint after every epoch.
+
+Seeded and reproducible on CPU: one ``torch.Generator`` shuffles, another draws the noise, and the global
+RNG (dropout) is seeded too; all three are saved with the optimisers each epoch, so ``resume`` continues
+exactly where an uninterrupted run would be. On CUDA, training uses autocast + GradScaler (fp16).
+
+Checkpoints land in ``out`` through :mod:`synthgen.checkpoint` (config.json + model.safetensors, plus the
+training state), with a sample grid ``samples/epoch-NNN.png`` per epoch for eyeballing progress.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from synthgen import checkpoint as ckpt
+from synthgen import storage
+from synthgen.errors import SynthgenError
+from synthgen.imaging import image_grid, save_png
+from synthgen.models import DCGANConfig, VAEConfig, config_to_dict
+from synthgen.models.dcgan import SUPPORTED_SIZES
+from synthgen.plan import image_seeds
+from synthgen.readers import ImageSet, load_images
+from synthgen.sampling import generate
+from synthgen.trainers import GANTrainer, Trainer, VAETrainer
+
+ARCHS = ("dcgan", "vae")
+DEFAULTS: dict[str, dict[str, Any]] = {  # per-arch defaults for the flags left unset
+    "dcgan": {"lr": 2e-4, "latent_dim": 100, "width": 256},
+    "vae": {"lr": 1e-3, "latent_dim": 32, "width": 128},
+}
+GRID_COLUMNS = 8
+GRID_SCALE = 3
+
+
+@dataclass
+class TrainConfig:
+    """What ``synthgen train`` was asked to do; ``None`` means "the architecture's / data's default"."""
+
+    data: str
+    out: str
+    arch: str = "dcgan"
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    image_size: int | None = None  # default: the data's size
+    latent_dim: int | None = None
+    width: int | None = None
+    class_names: list[str] | None = None  # override the data's names (same count)
+    conditional: bool | None = None  # default: True when the data has more than one class
+    resume: bool = False
+    overwrite: bool = False
+    split: str = "train"
+
+    def check(self) -> None:
+        """Refuse impossible settings, naming the flag."""
+        if self.arch not in ARCHS:
+            raise SynthgenError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.epochs < 1:
+            raise SynthgenError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise SynthgenError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise SynthgenError(f"--lr must be positive, got {self.lr}")
+        if self.image_size is not None and self.image_size not in SUPPORTED_SIZES:
+            raise SynthgenError(f"--image-size must be one of {', '.join(map(str, SUPPORTED_SIZES))}, "
+                                f"got {self.image_size}")
+        for flag, value in (("--latent-dim", self.latent_dim), ("--width", self.width)):
+            if value is not None and value < 1:
+                raise SynthgenError(f"{flag} must be a positive integer, got {value}")
+        if self.resume and self.overwrite:
+            raise SynthgenError("--resume and --overwrite contradict each other; pick one")
+        if not 0 <= self.seed < 2**63:
+            raise SynthgenError(f"--seed must be in [0, 2**63), got {self.seed}")
+
+    def setting(self, name: str) -> Any:
+        value = getattr(self, name)
+        return DEFAULTS[self.arch][name] if value is None else value
+
+
+@dataclass
+class TrainResult:
+    """Where the checkpoint is, its fingerprint, and the mean losses of every epoch (resumed ones too)."""
+
+    out: str
+    fingerprint: str
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train (or resume training) a generator and checkpoint it after every epoch.
+
+    Args:
+        config: data, output directory, architecture and hyper-parameters.
+        progress: show a tqdm bar per epoch with the running losses.
+
+    Returns:
+        The output directory, the final checkpoint's fingerprint and the per-epoch losses.
+    """
+    config.check()
+    _check_out(config)
+    data = load_images(config.data, config.split)
+    device = resolve_device(config.device)
+    images, class_names = prepare_images(data, config)
+    meta = _checkpoint_config(config, data, images.shape[1:], class_names)
+    if config.resume:
+        meta = _resumed_config(config, meta)
+    trainer = _make_trainer(config, meta, device)
+    history = _resume(config, meta, trainer) if config.resume else []
+    labels = torch.from_numpy(data.labels) if meta.conditional else None
+    started, fingerprint = time.perf_counter(), ""
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        bar = tqdm(total=len(images), desc=f"epoch {epoch}/{config.epochs}", unit="img",
+                   disable=not progress, leave=False)
+        with bar:
+            history.append(trainer.run_epoch(images, labels, config.batch_size, bar))
+        fingerprint = _save_epoch(config, meta, trainer, history)
+        if progress:
+            tqdm.write(f"epoch {epoch}/{config.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items()))
+    if not fingerprint:  # resumed a run that was already complete: report what is on disk
+        fingerprint = ckpt.load_checkpoint(config.out).fingerprint
+    return TrainResult(config.out, fingerprint, history, time.perf_counter() - started)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an explicit cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SynthgenError(f"--device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SynthgenError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise SynthgenError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def prepare_images(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, list[str]]:
+    """The data as a uint8 ``(N, C, S, S)`` tensor at the training size, and the class names to save.
+
+    Returns:
+        (images, class_names); class_names is empty for an unconditional model.
+    """
+    _, h, w, c = data.images.shape
+    size = config.image_size or h
+    if config.image_size is None and (h != w or h not in SUPPORTED_SIZES):
+        raise SynthgenError(f"{data.source}: images are {w}x{h}; pass --image-size "
+                            f"({', '.join(map(str, SUPPORTED_SIZES))}) to resize them")
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8
+    if (h, w) != (size, size):
+        images = _resize(images, size)
+    names = data.class_names
+    if config.class_names is not None:
+        if len(config.class_names) != len(names) or len(set(config.class_names)) != len(names) \
+                or not all(config.class_names):
+            raise SynthgenError(f"--class-names needs {len(names)} distinct names for {data.source} "
+                                f"(its labels are {', '.join(names)}), got {','.join(config.class_names)}")
+        names = list(config.class_names)
+    conditional = config.conditional if config.conditional is not None else len(names) > 1
+    return images, (names if conditional else [])
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    out = []
+    for chunk in images.split(1024):  # bounded memory for big sets
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)  # (B, C, size, size)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ...],
+                       class_names: list[str]) -> ckpt.CheckpointConfig:
+    channels, size = int(shape[0]), int(shape[1])
+    common = {"latent_dim": config.setting("latent_dim"), "image_size": size, "channels": channels,
+              "num_classes": len(class_names), "width": config.setting("width")}
+    try:
+        arch_config = DCGANConfig(**common) if config.arch == "dcgan" else VAEConfig(**common)
+        arch_config = _check_width(arch_config)
+    except ValueError as err:
+        raise SynthgenError(f"{data.source}: cannot build a {config.arch} for it ({err})") from None
+    training = {"data": config.data, "data_sha256": data.sha256, "split": config.split,
+                "data_class_names": data.class_names, "num_images": len(data.images), "epochs": 0,
+                "seed": config.seed, "lr": config.setting("lr"), "batch_size": config.batch_size,
+                "arch": config.arch}
+    return ckpt.CheckpointConfig(arch=config.arch, model_config=config_to_dict(arch_config),
+                                 image_shape=[channels, size, size], latent_dim=common["latent_dim"],
+                                 class_names=class_names, training=training)
+
+
+def _check_width(arch_config):
+    dec = arch_config if isinstance(arch_config, DCGANConfig) else arch_config.decoder_config()
+    # the generator halves the width once per stage; it must not reach zero channels
+    smallest = 2 ** (dec.num_upsamples + 1)
+    if dec.width < smallest:
+        raise SynthgenError(f"--width must be at least {smallest} for {dec.image_size}x{dec.image_size} "
+                            f"images, got {dec.width}")
+    return arch_config
+
+
+def _check_out(config: TrainConfig) -> None:
+    """An ``--out`` that holds a checkpoint is only touched with --resume or --overwrite."""
+    loc = storage.locate(config.out)
+    has_ckpt = storage.exists(loc, loc.join(ckpt.CONFIG_FILE))
+    if config.resume:
+        if not storage.exists(loc, loc.join(ckpt.STATE_FILE)):
+            raise SynthgenError(f"{config.out}: nothing to resume (no {ckpt.STATE_FILE}); drop --resume")
+    elif has_ckpt and not config.overwrite:
+        raise SynthgenError(f"{config.out}: already holds a checkpoint; pass --resume to continue it, "
+                            "--overwrite to replace it, or choose another --out")
+    elif storage.exists(loc, loc.root) and not storage.is_dir(loc, loc.root):
+        raise SynthgenError(f"{config.out}: exists and is not a directory (--out)")
+    elif has_ckpt:  # --overwrite: drop what the old run left that this one might not replace
+        stale = [loc.join(ckpt.STATE_FILE), loc.join(ckpt.STATE_META_FILE)]
+        stale += [p for p in storage.list_files(loc, loc.join("samples")) if p.rsplit("/", 1)[-1].startswith("epoch-")]
+        for path in stale:
+            if storage.exists(loc, path):
+                loc.fs.delete_file(path)
+
+
+def _resumed_config(config: TrainConfig, fresh: ckpt.CheckpointConfig) -> ckpt.CheckpointConfig:
+    """The saved config, after checking that the flags and data still describe the same run."""
+    saved = ckpt.read_config(config.out)
+    problems = []
+    if saved.arch != fresh.arch:
+        problems.append(f"--arch is {fresh.arch} but the checkpoint is {saved.arch}")
+    if saved.training.get("data_sha256") != fresh.training["data_sha256"]:
+        problems.append("--data differs from the data it was trained on (sha256 changed)")
+    if saved.image_shape != fresh.image_shape or saved.class_names != fresh.class_names:
+        problems.append(f"the image shape/classes differ ({saved.image_shape} {saved.class_names} vs "
+                        f"{fresh.image_shape} {fresh.class_names})")
+    if problems:
+        raise SynthgenError(f"{config.out}: cannot resume: {'; '.join(problems)}")
+    saved.training.update(lr=config.setting("lr"), batch_size=config.batch_size)
+    return saved
+
+
+def _resume(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer) -> list[dict[str, float]]:
+    tensors, state_meta = ckpt.load_training_state(config.out)
+    if state_meta.get("epoch") != meta.training.get("epochs"):
+        # the two are written one after the other; a crash in between leaves them out of step
+        raise SynthgenError(f"{config.out}: checkpoint is at epoch {meta.training.get('epochs')} but its "
+                            f"training state at {state_meta.get('epoch')}; cannot resume exactly")
+    generator_state = ckpt.load_checkpoint(config.out).model.state_dict()
+    return trainer.load_state(tensors, state_meta, generator_state, config.out)
+
+
+def _make_trainer(config: TrainConfig, meta: ckpt.CheckpointConfig, device: torch.device) -> Trainer:
+    torch.manual_seed(config.seed)  # weight init and dropout
+    cls = GANTrainer if config.arch == "dcgan" else VAETrainer
+    return cls(meta.model_config, lr=config.setting("lr"), seed=config.seed, device=device)
+
+
+def _save_epoch(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer,
+                history: list[dict[str, float]]) -> str:
+    """Checkpoint, training state and sample grid after an epoch; returns the fingerprint."""
+    meta.training.update(epochs=len(history), final_losses=history[-1])
+    fingerprint = ckpt.save_checkpoint(config.out, trainer.generator, meta)
+    tensors, state_meta = trainer.state()
+    state_meta.update(epoch=len(history), history=history)
+    ckpt.save_training_state(config.out, tensors, state_meta)
+    _save_samples(config, meta, trainer, len(history))
+    return fingerprint
+
+
+def _save_samples(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer, epoch: int) -> None:
+    loc = storage.locate(config.out)
+    if not loc.is_local:  # a preview grid is for local eyeballing; skip it on object stores
+        return
+    rows = max(meta.num_classes, 1) if meta.conditional else 4
+    seeds = np.tile(image_seeds(config.seed, np.arange(GRID_COLUMNS)), rows) if meta.conditional \
+        else image_seeds(config.seed, np.arange(rows * GRID_COLUMNS))
+    labels = np.repeat(np.arange(rows, dtype=np.int64), GRID_COLUMNS) if meta.conditional else None
+    generator = trainer.generator
+    generator.eval()
+    try:
+        images = generate(generator, seeds, labels)  # (rows * cols, H, W, C) uint8
+    finally:
+        generator.train()
+    os.makedirs(os.path.join(loc.root, "samples"), exist_ok=True)
+    save_png(os.path.join(loc.root, "samples", f"epoch-{epoch:03d}.png"),
+             image_grid(images, GRID_COLUMNS), scale=GRID_SCALE)
