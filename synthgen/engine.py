@@ -22,17 +22,16 @@ from tqdm import tqdm
 
 from synthgen import manifest as mf
 from synthgen import storage
+from synthgen.output import prepare_output
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, load_checkpoint
 from synthgen.errors import SynthgenError
 from synthgen.plan import ShardSpec, check_counts, check_seed, parse_label_plan, plan_shards
 from synthgen.sampling import PRECISIONS
-from synthgen.verify import check_shard
 from synthgen.worker import ShardGenerator, WorkerConfig
 from synthgen.writers import FORMATS, Layout, write_png_metadata
 
 IN_FLIGHT_PER_ACTOR = 2
 MANIFEST_SAVE_INTERVAL_S = 1.0
-OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
 
 
 @dataclass
@@ -128,78 +127,6 @@ def model_reference(model: str | None) -> str:
     if ref in bundled_models() or storage.is_uri(ref):
         return ref
     return os.path.abspath(ref)
-
-
-def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
-    """Make ``loc`` ready: new dataset, resume of the same one, or (with ``overwrite``) a replaced one.
-
-    Never touches files synthgen did not write; a directory holding other files is refused.
-    """
-    try:
-        existing = mf.load(loc)
-    except SynthgenError:
-        if not overwrite:
-            raise
-        existing = None
-    if existing is None:
-        foreign = _foreign_files(loc)
-        if foreign:
-            raise SynthgenError(f"--out {loc.uri}: holds files that are not a synthgen dataset "
-                                f"({', '.join(foreign[:3])}); choose an empty or new directory")
-        if overwrite:
-            _delete_dataset(loc)
-    elif overwrite or mf.identity_diff(existing, fresh):
-        if not overwrite:
-            diff = "; ".join(mf.identity_diff(existing, fresh))
-            raise SynthgenError(f"--out {loc.uri}: holds a dataset made with other settings ({diff}); "
-                                "use another --out, or --overwrite to replace it")
-        _delete_dataset(loc)
-    else:
-        fresh.shards = {j: r for j, r in existing.shards.items()
-                        if not check_shard(loc, r, fresh.job["format"], deep=False)}
-        fresh.status = existing.status if len(fresh.shards) == len(existing.shards) else "in_progress"
-    _remove_stale_temporaries(loc)
-    try:
-        mf.save(loc, fresh)
-    except OSError as err:
-        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or err})") from None
-    return fresh
-
-
-def _foreign_files(loc: storage.Location) -> list[str]:
-    if not storage.exists(loc, loc.root):
-        return []
-    if not storage.is_dir(loc, loc.root):
-        return [loc.root]
-    names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)]
-    names += [d for d in _subdirs(loc) if d not in OUR_FILES]
-    return [n for n in names if not _is_ours(n)]
-
-
-def _subdirs(loc: storage.Location) -> list[str]:
-    import pyarrow.fs as pafs
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.root))
-    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-
-
-def _is_ours(name: str) -> bool:
-    return name in OUR_FILES or name.startswith(storage.TMP_PREFIX)
-
-
-def _delete_dataset(loc: storage.Location) -> None:
-    if not storage.exists(loc, loc.root):
-        return
-    for name in [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc):
-        if _is_ours(name):
-            storage.remove(loc, loc.join(name))
-
-
-def _remove_stale_temporaries(loc: storage.Location) -> None:
-    if loc.is_local and os.path.isdir(loc.root):
-        for dirpath, _, files in os.walk(loc.root):
-            for name in files:
-                if name.startswith(storage.TMP_PREFIX):
-                    os.unlink(os.path.join(dirpath, name))
 
 
 class _ray_session:
