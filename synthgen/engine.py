@@ -28,7 +28,8 @@ from synthgen.errors import SynthgenError
 from synthgen.plan import ShardSpec, check_counts, check_seed, parse_label_plan, plan_shards
 from synthgen.sampling import PRECISIONS
 from synthgen.worker import ShardGenerator, WorkerConfig
-from synthgen.writers import FORMATS, Layout, write_png_metadata
+from synthgen.imaging import PNG_ENCODER
+from synthgen.writers import ENCODINGS, FORMATS, Layout, write_png_metadata
 
 IN_FLIGHT_PER_ACTOR = 2
 MANIFEST_SAVE_INTERVAL_S = 1.0
@@ -42,6 +43,7 @@ class RunConfig:
     out: str = "synthetic"
     model: str | None = None  # None = the bundled default model
     format: str = "parquet"
+    encoding: str = "png"  # png, or raw uint8 pixels (parquet only)
     shard_size: int = 10_000
     seed: int = 0
     labels: str | None = None
@@ -109,15 +111,23 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
         raise SynthgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.batch_size < 1:
         raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.encoding not in ENCODINGS or (config.format == "png" and config.encoding != "png"):
+        raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "
+                            f"got {config.encoding!r} with --format {config.format}")
     ckpt = load_checkpoint(config.model, allow_import=config.allow_import)
     source = model_reference(config.model)
     plan = parse_label_plan(config.labels, ckpt.config.class_names)
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
-           "encoding": "png", "precision": config.precision, "labels": plan.to_json()}
+           "encoding": config.encoding, "precision": config.precision, "labels": plan.to_json(),
+           "png_encoder": PNG_ENCODER if config.encoding == "png" else None}
     model = {"source": source, "fingerprint": ckpt.fingerprint, "arch": ckpt.config.arch,
              "image_shape": ckpt.config.image_shape, "latent_dim": ckpt.config.latent_dim,
              "class_names": ckpt.config.class_names, "training": ckpt.config.training}
-    layout = Layout(config.format, tuple(ckpt.config.class_names), {"job": job, "model": model})
+    c, h, w = ckpt.config.image_shape
+    # Only what decides the bytes goes into every Parquet file: not paths, which differ between machines.
+    stamp = {"job": job, "model": {k: model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}}
+    layout = Layout(config.format, tuple(ckpt.config.class_names), encoding=config.encoding,
+                    image_shape=(h, w, c), file_metadata=stamp)
     return mf.Manifest(job, model), layout, source
 
 

@@ -1,14 +1,20 @@
-"""uint8 image arrays <-> PNG bytes, and contact-sheet grids. Pillow does the encoding."""
+"""uint8 image arrays <-> PNG bytes, and contact-sheet grids.
+
+Encoding uses imagecodecs (libpng): about twice as fast as Pillow on small images and it releases the GIL,
+so several threads encode in parallel. Decoding and grids use Pillow.
+"""
 
 from __future__ import annotations
 
 import io
 
+import imagecodecs
 import numpy as np
 from PIL import Image
 
-# Fixed so that PNG bytes depend only on the pixels (and the zlib build), never on who encoded them.
+# Fixed so that PNG bytes depend only on the pixels (and the libpng/zlib build), never on who encoded them.
 PNG_COMPRESS_LEVEL = 6
+PNG_ENCODER = f"imagecodecs-{imagecodecs.__version__}-level{PNG_COMPRESS_LEVEL}"
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -19,10 +25,15 @@ def to_pil(image: np.ndarray) -> Image.Image:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """One uint8 image (H, W, C) -> PNG bytes."""
-    buf = io.BytesIO()
-    to_pil(image).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    """One uint8 image (H, W, C) -> PNG bytes: 8-bit grayscale for C == 1, RGB for C == 3."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return imagecodecs.png_encode(np.ascontiguousarray(image), level=PNG_COMPRESS_LEVEL)
+
+
+def encode_pngs(images: np.ndarray) -> list[bytes]:
+    """(B, H, W, C) uint8 -> B PNGs (a list, for thread-pool chunks)."""
+    return [encode_png(image) for image in images]
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen import manifest as mf
@@ -23,9 +24,9 @@ class ShowResult:
     label: int
     class_name: str
     image: np.ndarray  # regenerated, (H, W, C) uint8
-    stored_png: bytes
+    stored: np.ndarray  # as stored, (H, W, C) uint8
     same_pixels: bool
-    same_bytes: bool
+    same_bytes: bool | None  # PNG bytes equal; None for raw encoding
 
 
 def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
@@ -57,20 +58,25 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     seeds = image_seeds(job["seed"], np.array([index]))
     labels = plan.labels(np.array([index]))
     image = generate(ckpt.model, seeds, labels, precision=job["precision"])[0]
-    stored = _stored_png(loc, job["format"], record, index)
+    stored = _stored_image(loc, job["format"], record, index)
     names = plan.class_names
+    pixels = decode_png(stored) if isinstance(stored, bytes) else stored
+    same_bytes = encode_png(image) == stored if isinstance(stored, bytes) else None
     return ShowResult(index, int(seeds[0]), int(labels[0]), names[labels[0]] if labels[0] >= 0 else "",
-                      image, stored, bool(np.array_equal(decode_png(stored), image)),
-                      encode_png(image) == stored)
+                      image, pixels, bool(np.array_equal(pixels, image)), same_bytes)
 
 
-def _stored_png(loc: storage.Location, fmt: str, record: mf.ShardRecord, index: int) -> bytes:
+def _stored_image(loc: storage.Location, fmt: str, record: mf.ShardRecord, index: int) -> bytes | np.ndarray:
+    """The stored PNG bytes of ``index``, or its (H, W, C) pixels for raw encoding."""
     columns = ["index", "image"] if fmt == "parquet" else ["index", "file_name"]
     with loc.fs.open_input_file(loc.join(record.file)) as f:
         table = pq.read_table(f, columns=columns, filters=[("index", "=", index)])
     if table.num_rows != 1:
         raise SynthgenError(f"{record.file}: has no row for index {index}; run synthgen verify")
-    if fmt == "parquet":
-        return table.column("image")[0]["bytes"].as_py()
-    return storage.read_bytes(loc, loc.join(table.column("file_name")[0].as_py()))
+    if fmt == "png":
+        return storage.read_bytes(loc, loc.join(table.column("file_name")[0].as_py()))
+    column = table.column("image").combine_chunks()
+    if isinstance(column, pa.FixedShapeTensorArray):
+        return column.to_numpy_ndarray()[0]
+    return column[0]["bytes"].as_py()
 

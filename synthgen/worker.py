@@ -1,13 +1,16 @@
 """The generation actor's body, a plain callable: load the model once, turn shard specs into shards.
 
 Ray wraps this class in :mod:`synthgen.engine`; tests call it directly, without Ray (as in Ray's
-batch-inference pattern). Encoding and writing of one batch overlap the generation of the next, on a
-single helper thread, so at most two batches are in memory.
+batch-inference pattern). PNG encoding of one batch runs on a pool of threads (the encoder releases the
+GIL) while the main thread generates the next; rows reach the writer in index order, and at most
+``MAX_PENDING_BATCHES`` batches are held, so memory stays flat whatever the shard size.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +19,7 @@ import torch
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
 from synthgen.errors import SynthgenError
-from synthgen.imaging import encode_png
+from synthgen.imaging import encode_pngs
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
 from synthgen.sampling import generate
@@ -37,7 +40,11 @@ class WorkerConfig:
     precision: str = "fp32"
     device: str = "auto"  # auto = cuda when this process sees a GPU
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    encode_threads: int = 0  # PNG encoding threads; 0 = one per CPU this process may use
     allow_import: bool = False
+
+
+MAX_PENDING_BATCHES = 2
 
 
 def pick_device(device: str) -> str:
@@ -62,11 +69,12 @@ class ShardGenerator:
         self.latent_dim = ckpt.config.latent_dim
         self.label_plan = LabelPlan.from_json(config.labels)
         self.loc = storage.locate(config.out)
-        self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthgen-encode")
+        self.encode_threads = config.encode_threads or config.threads or len(os.sched_getaffinity(0))
+        self.encoder = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="synthgen-encode")
 
     def __call__(self, spec: ShardSpec) -> ShardRecord:
         writer = ShardWriter(self.loc, self.config.layout, spec)
-        pending: Future | None = None
+        pending: deque = deque()
         try:
             for start in range(spec.start, spec.stop, self.config.batch_size):
                 indices = np.arange(start, min(start + self.config.batch_size, spec.stop), dtype=np.int64)
@@ -74,22 +82,33 @@ class ShardGenerator:
                 labels = self.label_plan.labels(indices)
                 images = generate(self.model, seeds, labels, batch_size=self.config.batch_size,
                                   precision=self.config.precision, latent_dim=self.latent_dim)
-                if pending is not None:
-                    pending.result()  # keeps order and bounds memory to two batches
-                pending = self.encoder.submit(_encode_and_add, writer, indices, seeds, labels, images)
-            if pending is not None:
-                pending.result()
+                pending.append((indices, seeds, labels, self._encode(images)))
+                if len(pending) >= MAX_PENDING_BATCHES:
+                    self._write_oldest(writer, pending)
+            while pending:
+                self._write_oldest(writer, pending)
             return writer.commit()
         except BaseException:
-            if pending is not None:
-                pending.cancel()
+            for *_, encoded in pending:
+                for future in encoded if isinstance(encoded, list) else ():
+                    future.cancel()
             writer.abort()
             raise
+
+    def _encode(self, images: np.ndarray):
+        """Start encoding a batch: futures of PNG chunks, or the pixels themselves for raw encoding."""
+        if self.config.layout.encoding == "raw":
+            return images
+        chunks = np.array_split(images, min(self.encode_threads, len(images)))
+        return [self.encoder.submit(encode_pngs, chunk) for chunk in chunks]
+
+    @staticmethod
+    def _write_oldest(writer: ShardWriter, pending: deque) -> None:
+        indices, seeds, labels, encoded = pending.popleft()
+        if isinstance(encoded, list):
+            encoded = [png for future in encoded for png in future.result()]
+        writer.add(indices, seeds, labels, encoded)
 
     def ping(self) -> str:
         """For the engine's start-up check: which device this actor runs on."""
         return self.device
-
-
-def _encode_and_add(writer: ShardWriter, indices, seeds, labels, images: np.ndarray) -> None:
-    writer.add(indices, seeds, labels, [encode_png(image) for image in images])

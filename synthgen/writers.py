@@ -1,5 +1,9 @@
 """Shard writers: Parquet shards with a Hugging Face image column, or a PNG ImageFolder tree.
 
+Parquet shards store each image either as PNG bytes (``encoding="png"``, Hugging Face's Image struct) or as
+raw uint8 pixels (``encoding="raw"``, Arrow's canonical ``fixed_shape_tensor`` [H, W, C], for training code
+that wants tensors without a decode step; Hugging Face ``datasets`` cannot read that extension type yet).
+
 Both take rows in index order (any batching) and produce bytes that depend only on the rows: Parquet row
 groups are cut every ``ROW_GROUP_ROWS`` rows counted from the shard's start, never at batch boundaries.
 A shard appears under its final name only when complete (:func:`synthgen.storage.open_atomic`).
@@ -24,6 +28,7 @@ from synthgen.plan import ShardSpec
 
 ROW_GROUP_ROWS = 1024
 FORMATS = ("parquet", "png")
+ENCODINGS = ("png", "raw")
 UNLABELED = "unlabeled"
 
 
@@ -33,6 +38,8 @@ class Layout:
 
     format: str
     class_names: tuple[str, ...]
+    encoding: str = "png"
+    image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C) of every image
     file_metadata: dict[str, Any] = field(default_factory=dict)  # job identity + model, in each Parquet file
 
     def class_dir(self, label: int) -> str:
@@ -51,19 +58,24 @@ def image_file(layout: Layout, index: int, label: int) -> str:
     return f"images/{layout.class_dir(label)}/{index:09d}.png"
 
 
-def hf_features(class_names: tuple[str, ...]) -> dict[str, Any]:
+def hf_features(class_names: tuple[str, ...], encoding: str = "png") -> dict[str, Any]:
     label = ({"names": list(class_names), "_type": "ClassLabel"} if class_names
              else {"dtype": "int64", "_type": "Value"})
-    return {"image": {"_type": "Image"}, "index": {"dtype": "int64", "_type": "Value"},
+    image = {"image": {"_type": "Image"}} if encoding == "png" else {}
+    return {**image, "index": {"dtype": "int64", "_type": "Value"},
             "seed": {"dtype": "uint64", "_type": "Value"}, "label": label}
 
 
+def image_type(layout: Layout) -> pa.DataType:
+    if layout.encoding == "raw":
+        return pa.fixed_shape_tensor(pa.uint8(), list(layout.image_shape))
+    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
 def parquet_schema(layout: Layout) -> pa.Schema:
-    schema = pa.schema([
-        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("index", pa.int64()), ("seed", pa.uint64()), ("label", pa.int64()),
-    ])
-    hf = {"info": {"features": hf_features(layout.class_names)}}
+    schema = pa.schema([("image", image_type(layout)), ("index", pa.int64()), ("seed", pa.uint64()),
+                        ("label", pa.int64())])
+    hf = {"info": {"features": hf_features(layout.class_names, layout.encoding)}}
     return schema.with_metadata({"huggingface": json.dumps(hf), "synthgen": json.dumps(layout.file_metadata,
                                                                                       sort_keys=True)})
 
@@ -105,24 +117,35 @@ class ShardWriter:
         schema = self.schema if self.schema is not None else _png_meta_schema()
         self._parquet = pq.ParquetWriter(self._hashing, schema, compression="snappy")
 
-    def add(self, indices: np.ndarray, seeds: np.ndarray, labels: np.ndarray, pngs: list[bytes]) -> None:
-        """Append rows; ``indices`` must continue exactly where the previous call stopped."""
+    def add(self, indices: np.ndarray, seeds: np.ndarray, labels: np.ndarray,
+            images: list[bytes] | np.ndarray) -> None:
+        """Append rows; ``indices`` must continue exactly where the previous call stopped.
+
+        Args:
+            indices, seeds, labels: (B,) columns of the rows.
+            images: B PNG byte strings, or (B, H, W, C) uint8 pixels for ``encoding="raw"``.
+        """
         assert indices[0] == self.next_index and indices[-1] == self.next_index + len(indices) - 1
         self.next_index += len(indices)
         np.add.at(self.counts, np.clip(labels, 0, None), 1)
         if self.schema is not None:
-            batch = self._parquet_rows(indices, seeds, labels, pngs)
+            batch = self._parquet_rows(indices, seeds, labels, images)
         else:
-            batch = self._png_rows(indices, seeds, labels, pngs)
+            batch = self._png_rows(indices, seeds, labels, images)
         self.pending.append(batch)
         self.pending_rows += len(indices)
         while self.pending_rows >= ROW_GROUP_ROWS:
             self._flush(ROW_GROUP_ROWS)
 
-    def _parquet_rows(self, indices, seeds, labels, pngs) -> pa.RecordBatch:
-        self.image_bytes += sum(len(p) for p in pngs)
-        paths = pa.array([f"{i:09d}.png" for i in indices.tolist()], pa.string())
-        image = pa.StructArray.from_arrays([pa.array(pngs, pa.binary()), paths], names=["bytes", "path"])
+    def _parquet_rows(self, indices, seeds, labels, images) -> pa.RecordBatch:
+        if self.layout.encoding == "raw":
+            # built from storage: from_numpy_ndarray guesses a permutation when a dimension has size 1
+            flat = pa.array(np.ascontiguousarray(images).reshape(-1), pa.uint8())
+            storage_array = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(self.layout.image_shape)))
+            image = pa.ExtensionArray.from_storage(image_type(self.layout), storage_array)
+        else:
+            paths = pa.array([f"{i:09d}.png" for i in indices.tolist()], pa.string())
+            image = pa.StructArray.from_arrays([pa.array(images, pa.binary()), paths], names=["bytes", "path"])
         return pa.RecordBatch.from_arrays(
             [image, pa.array(indices, pa.int64()), pa.array(seeds, pa.uint64()), pa.array(labels, pa.int64())],
             schema=self.schema)

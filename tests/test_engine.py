@@ -150,3 +150,21 @@ def test_declared_gpus_get_one_actor_each_and_too_many_fail_fast(tmp_path, tiny_
     assert refused.returncode == 1 and time.time() - started < 60
     assert "error: --gpus 3: the cluster has 2 GPU(s)" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_raw_and_png_encodings_hold_the_same_pixels(tmp_path, tiny_checkpoint, ray_local, precision):
+    from synthgen.imaging import decode_png
+
+    png = job(tmp_path, "png", tiny_checkpoint, count=300, shard_size=100, precision=precision)
+    raw = job(tmp_path, "raw", tiny_checkpoint, count=300, shard_size=100, precision=precision,
+              encoding="raw", batch_size=100, workers=2)
+    run(png)
+    run(raw)
+    assert verify_dataset(raw.out).ok
+    table = pq.read_table(Path(raw.out, "data"), columns=["index", "image"])
+    pixels = table.column("image").combine_chunks().to_numpy_ndarray()  # (N, H, W, C)
+    assert pixels.shape == (300, 28, 28, 1) and pixels.dtype == np.uint8
+    stored = images_by_index(png.out)
+    for k, index in enumerate(table.column("index").to_pylist()):
+        np.testing.assert_array_equal(pixels[k], decode_png(stored[index]))

@@ -18,7 +18,7 @@ CLASSES = ("malignant", "normal")
 
 def _write(root, fmt, spec, step):
     loc = storage.locate(root)
-    writer = ShardWriter(loc, Layout(fmt, CLASSES, {"job": {"seed": 1}}), spec)
+    writer = ShardWriter(loc, Layout(fmt, CLASSES, file_metadata={"job": {"seed": 1}}), spec)
     indices = spec.indices()
     pngs = [encode_png(np.full((28, 28, 1), i % 251, np.uint8)) for i in indices]
     for s in range(0, spec.count, step):

@@ -25,6 +25,8 @@ def run(
                                                       "default: the bundled breastmnist-dcgan.")] = None,
     format: Annotated[str, typer.Option("--format", help="parquet (HF image column) or png (ImageFolder tree)."
                                         )] = "parquet",
+    encoding: Annotated[str, typer.Option(help="png (HF Image column) or raw (uint8 tensors, Parquet only).")
+                        ] = "png",
     shard_size: Annotated[int, typer.Option(help="Images per shard (unit of work, file and resume).")] = 10_000,
     seed: Annotated[int, typer.Option(help="Base seed; image i depends only on (model, seed, i, labels).")] = 0,
     labels: Annotated[Optional[str], typer.Option(
@@ -49,8 +51,8 @@ def run(
     from synthgen.engine import RunConfig
     from synthgen.engine import run as run_job
 
-    config = RunConfig(count=count, out=out, model=model, format=format, shard_size=shard_size, seed=seed,
-                       labels=labels, batch_size=batch_size, precision=precision, gpus=gpus, workers=workers,
+    config = RunConfig(count=count, out=out, model=model, format=format, encoding=encoding,
+                       shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size, precision=precision, gpus=gpus, workers=workers,
                        actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
                        allow_import=allow_custom_arch, progress=progress)
     with user_errors():
@@ -100,7 +102,9 @@ def show(
         result = regenerate(path, index, model)
     label = f"label {result.label} ({result.class_name})" if result.label >= 0 else "unconditional"
     verdict = ("identical PNG bytes" if result.same_bytes else
-               "same pixels, different PNG bytes (another zlib?)" if result.same_pixels else "DIFFERENT pixels")
+               "identical pixels" if result.same_pixels and result.same_bytes is None else
+               "same pixels, different PNG bytes (another encoder build?)" if result.same_pixels else
+               "DIFFERENT pixels")
     typer.echo(f"index {result.index}: seed {result.seed}, {label}: regenerated image vs stored: {verdict}")
     if out:
         save_png(out, result.image)
