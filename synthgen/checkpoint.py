@@ -10,6 +10,9 @@ A checkpoint is a directory (local or a URI) holding
 The model is always rebuilt from ``config.json``, never from CLI flags. Loading never unpickles: a checkpoint
 is untrusted input, and a pickle, a truncated file or weights that do not fit the config are refused with a
 message that names the file.
+
+torch is imported only where weights become a model (or a model becomes weights): :func:`inspect_checkpoint`
+validates and fingerprints a checkpoint without it, so the ``synthgen run`` driver never loads torch.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
+
+import safetensors
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from torch import nn
 
 from synthgen import __version__, storage
 from synthgen.errors import SynthgenError
-from synthgen.models import build_generator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 FORMAT = "synthgen-checkpoint"
 FORMAT_VERSION = 1
@@ -100,7 +105,7 @@ class CheckpointConfig:
 class Checkpoint:
     """A loaded generator in eval mode, its config and its fingerprint."""
 
-    model: nn.Module
+    model: "nn.Module"
     config: CheckpointConfig
     fingerprint: str  # sha256 of config + weights; datasets carry it
     source: str
@@ -126,27 +131,43 @@ def resolve(model: str | None) -> str:
     return name
 
 
-def fingerprint(config: CheckpointConfig, state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the canonical config JSON and every tensor's name, dtype, shape and bytes, in name order."""
+def fingerprint(config: CheckpointConfig, weights: bytes, source: str = "weights") -> str:
+    """sha256 over the canonical config JSON and every tensor's name, dtype, shape and bytes, in name order.
+
+    Computed from the safetensors bytes (no torch), so it names the weights whatever framework reads them.
+    """
     h = hashlib.sha256(config.to_json().encode())
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in sorted(_parse_safetensors(weights, source)):
+        h.update(f"{name}|{tensor['dtype']}|{list(tensor['shape'])}|".encode())
+        h.update(tensor["data"])
     return h.hexdigest()
 
 
-def save_checkpoint(out_dir: str, model: nn.Module, config: CheckpointConfig) -> str:
+def save_checkpoint(out_dir: str, model: "nn.Module", config: CheckpointConfig) -> str:
     """Write ``model``'s weights and ``config`` to ``out_dir`` (each file atomically).
 
     Returns:
         The checkpoint's fingerprint.
     """
+    from safetensors.torch import save as st_save
+
     loc = storage.locate(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    storage.write_bytes_atomic(loc, loc.join(WEIGHTS_FILE), st_save(state, metadata={"format": FORMAT}))
+    weights = st_save(state, metadata={"format": FORMAT})
+    storage.write_bytes_atomic(loc, loc.join(WEIGHTS_FILE), weights)
     storage.write_bytes_atomic(loc, loc.join(CONFIG_FILE), config.to_json().encode())
-    return fingerprint(config, state)
+    return fingerprint(config, weights)
+
+
+def inspect_checkpoint(model: str | None = None) -> tuple[CheckpointConfig, str]:
+    """Validate a checkpoint's config and weights file and fingerprint it, without torch.
+
+    Returns:
+        The config and the fingerprint (the same one :func:`load_checkpoint` reports).
+    """
+    loc = storage.locate(resolve(model))
+    config = read_config(model)
+    return config, fingerprint(config, _read(loc, WEIGHTS_FILE), loc.join(WEIGHTS_FILE))
 
 
 def read_config(model: str | None) -> CheckpointConfig:
@@ -166,10 +187,13 @@ def load_checkpoint(model: str | None = None, device: str = "cpu", allow_import:
     Returns:
         The generator in eval mode on ``device``, its config and fingerprint.
     """
+    from synthgen.models import build_generator
+
     loc = storage.locate(resolve(model))
     config = read_config(model)
     weights_path = loc.join(WEIGHTS_FILE)
-    state = load_tensors(_read(loc, WEIGHTS_FILE), weights_path)
+    weights = _read(loc, WEIGHTS_FILE)
+    state = load_tensors(weights, weights_path)
     try:
         net = build_generator(config.arch, config.model_config, allow_import=allow_import)
     except ValueError as err:
@@ -181,29 +205,45 @@ def load_checkpoint(model: str | None = None, device: str = "cpu", allow_import:
         raise SynthgenError(f"{weights_path}: weights do not match config.json ({' '.join(first)})") from None
     net.eval().to(device)
     _check_output_shape(net, config, weights_path)
-    return Checkpoint(net, config, fingerprint(config, state), loc.uri)
+    return Checkpoint(net, config, fingerprint(config, weights, weights_path), loc.uri)
 
 
-def load_tensors(data: bytes, source: str) -> dict[str, torch.Tensor]:
-    """Parse safetensors bytes; anything else (a pickle, a zip, a truncated file) is refused, never executed."""
+def _refuse_pickle(data: bytes, source: str) -> None:
     if data[:1] == b"\x80" or data[:2] == b"PK":
         raise SynthgenError(f"{source}: is a pickle/torch.save file, not safetensors; "
                             "refusing to load it (unpickling can run arbitrary code)")
+
+
+def _parse_safetensors(data: bytes, source: str) -> list[tuple[str, dict]]:
+    _refuse_pickle(data, source)
+    try:
+        return safetensors.deserialize(data)
+    except (SafetensorError, ValueError) as err:
+        raise SynthgenError(f"{source}: not a valid safetensors file (corrupt or truncated: {err})") from None
+
+
+def load_tensors(data: bytes, source: str) -> dict[str, "torch.Tensor"]:
+    """Parse safetensors bytes; anything else (a pickle, a zip, a truncated file) is refused, never executed."""
+    from safetensors.torch import load as st_load
+
+    _refuse_pickle(data, source)
     try:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise SynthgenError(f"{source}: not a valid safetensors file (corrupt or truncated: {err})") from None
 
 
-def save_training_state(out_dir: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_training_state(out_dir: str, tensors: dict[str, "torch.Tensor"], meta: dict[str, Any]) -> None:
     """Write what resuming training needs (discriminator/encoder, optimisers) next to the checkpoint."""
+    from safetensors.torch import save as st_save
+
     loc = storage.locate(out_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     storage.write_bytes_atomic(loc, loc.join(STATE_FILE), st_save(tensors))
     storage.write_bytes_atomic(loc, loc.join(STATE_META_FILE), json.dumps(meta, indent=2).encode())
 
 
-def load_training_state(out_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_training_state(out_dir: str) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
     loc = storage.locate(out_dir)
     tensors = load_tensors(_read(loc, STATE_FILE), loc.join(STATE_FILE))
     meta_path = loc.join(STATE_META_FILE)
@@ -226,7 +266,9 @@ def _read(loc: storage.Location, name: str) -> bytes:
         raise SynthgenError(f"{path}: cannot read ({err})") from None
 
 
-def _check_output_shape(net: nn.Module, config: CheckpointConfig, source: str) -> None:
+def _check_output_shape(net: "nn.Module", config: CheckpointConfig, source: str) -> None:
+    import torch
+
     device = next(net.parameters()).device
     z = torch.zeros(2, config.latent_dim, device=device)
     labels = torch.zeros(2, dtype=torch.long, device=device) if config.conditional else None

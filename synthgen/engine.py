@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from synthgen import manifest as mf
 from synthgen import storage
-from synthgen.output import prepare_output
-from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, load_checkpoint
+from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.errors import SynthgenError
-from synthgen.plan import ShardSpec, check_counts, check_seed, parse_label_plan, plan_shards
-from synthgen.sampling import PRECISIONS
-from synthgen.worker import ShardGenerator, WorkerConfig
 from synthgen.imaging import PNG_ENCODER
+from synthgen.output import prepare_output
+from synthgen.plan import (ShardSpec, check_counts, check_precision, check_seed, parse_label_plan,
+                           plan_shards)
+from synthgen.worker_config import WorkerConfig
 from synthgen.writers import ENCODINGS, FORMATS, Layout, write_png_metadata
 
 IN_FLIGHT_PER_ACTOR = 2
@@ -107,26 +107,24 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
     check_seed(config.seed)
     if config.format not in FORMATS:
         raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-    if config.precision not in PRECISIONS:
-        raise SynthgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    check_precision(config.precision)
     if config.batch_size < 1:
         raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.encoding not in ENCODINGS or (config.format == "png" and config.encoding != "png"):
         raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "
                             f"got {config.encoding!r} with --format {config.format}")
-    ckpt = load_checkpoint(config.model, allow_import=config.allow_import)
+    ckpt, fingerprint = inspect_checkpoint(config.model)  # the actors build the model; the driver needs no torch
     source = model_reference(config.model)
-    plan = parse_label_plan(config.labels, ckpt.config.class_names)
+    plan = parse_label_plan(config.labels, ckpt.class_names)
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
            "encoding": config.encoding, "precision": config.precision, "labels": plan.to_json(),
            "png_encoder": PNG_ENCODER if config.encoding == "png" else None}
-    model = {"source": source, "fingerprint": ckpt.fingerprint, "arch": ckpt.config.arch,
-             "image_shape": ckpt.config.image_shape, "latent_dim": ckpt.config.latent_dim,
-             "class_names": ckpt.config.class_names, "training": ckpt.config.training}
-    c, h, w = ckpt.config.image_shape
+    model = {"source": source, "fingerprint": fingerprint, "arch": ckpt.arch, "image_shape": ckpt.image_shape,
+             "latent_dim": ckpt.latent_dim, "class_names": ckpt.class_names, "training": ckpt.training}
+    c, h, w = ckpt.image_shape
     # Only what decides the bytes goes into every Parquet file: not paths, which differ between machines.
     stamp = {"job": job, "model": {k: model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}}
-    layout = Layout(config.format, tuple(ckpt.config.class_names), encoding=config.encoding,
+    layout = Layout(config.format, tuple(ckpt.class_names), encoding=config.encoding,
                     image_shape=(h, w, c), file_metadata=stamp)
     return mf.Manifest(job, model), layout, source
 
@@ -208,10 +206,23 @@ def _finish(loc: storage.Location, manifest: mf.Manifest) -> None:
     mf.save(loc, manifest)
 
 
-class _RayShardGenerator(ShardGenerator):
+class _RayShardGenerator:
+    """The actor: a :class:`synthgen.worker.ShardGenerator`, imported in the actor so the driver needs no torch."""
+
+    def __init__(self, config: WorkerConfig):
+        from synthgen.worker import ShardGenerator
+
+        self.generator = ShardGenerator(config)
+
+    def __call__(self, spec: ShardSpec) -> mf.ShardRecord:
+        return self.generator(spec)
+
+    def ping(self) -> str:
+        return self.generator.device
+
     def placement(self) -> tuple[str, list[int]]:
         """The torch device this actor uses and the GPU ids Ray gave it."""
-        return self.device, sorted(int(i) for i in ray.get_gpu_ids())
+        return self.generator.device, sorted(int(i) for i in ray.get_gpu_ids())
 
 
 class _ActorPool:

@@ -27,6 +27,7 @@ from synthgen.errors import SynthgenError
 from synthgen.rng import philox4x32, split64
 
 MAX_SEED = 2**64 - 1
+PRECISIONS = ("fp32", "bf16", "fp16")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # round(2**64 / phi), odd
 
 
@@ -70,6 +71,11 @@ def check_counts(count: int, shard_size: int) -> None:
         raise SynthgenError(f"--count must be at least 1, got {count}")
     if shard_size < 1:
         raise SynthgenError(f"--shard-size must be at least 1, got {shard_size}")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SynthgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def check_seed(seed: int) -> None:

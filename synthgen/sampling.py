@@ -17,7 +17,7 @@ from torch import nn
 from synthgen.rng import normal_from_seeds
 
 MIN_BATCH = 64
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def latent_dim_of(model: nn.Module) -> int:
@@ -38,7 +38,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
+    dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -67,8 +67,8 @@ def generate(
     Returns:
         (N, H, W, C) uint8 images.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = max(batch_size, MIN_BATCH)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,25 +22,8 @@ from synthgen.imaging import encode_pngs
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
 from synthgen.sampling import generate
-from synthgen.writers import Layout, ShardWriter
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What every actor of a job needs; small and picklable, so Ray ships it to each actor."""
-
-    model: str
-    fingerprint: str
-    out: str
-    layout: Layout
-    seed: int
-    labels: dict  # LabelPlan.to_json()
-    batch_size: int = 256
-    precision: str = "fp32"
-    device: str = "auto"  # auto = cuda when this process sees a GPU
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    encode_threads: int = 0  # PNG encoding threads; 0 = one per CPU this process may use
-    allow_import: bool = False
+from synthgen.worker_config import WorkerConfig
+from synthgen.writers import ShardWriter
 
 
 MAX_PENDING_BATCHES = 2

@@ -70,7 +70,9 @@ def test_fingerprint_stable_and_sensitive(tmp_path: Path) -> None:
         first.view(-1)[0] += 1e-6
     assert save_checkpoint(str(tmp_path / "c"), model, config) != fp1
     config.class_names = ["benign", "normal"]  # the config is part of the identity too
-    assert fingerprint(config, model.state_dict()) != fp1
+    assert save_checkpoint(str(tmp_path / "d"), model, config) != fp1
+    weights = (tmp_path / "d" / "model.safetensors").read_bytes()
+    assert fingerprint(config, weights) == load_checkpoint(str(tmp_path / "d")).fingerprint
 
 
 def test_tiny_checkpoint_fixture_loads(tiny_checkpoint: str) -> None:
