@@ -1,11 +1,14 @@
 """Throughput and peak memory of synthgen run, against its limit and against a plain Ray Data pipeline.
 
 In one run on one machine, for each N:
-  (a) raw: the generator's forward pass alone (noise made beforehand), in this process - the ceiling;
-  (a') raw + PNG: forward, uint8 conversion and PNG encoding, in this process, no I/O;
-  (b) synthgen run end to end (subprocess; rate while generating, and wall time including Ray start);
-  (c) bench/ray_data_pipeline.py: ray.data.range(N).map_batches(...).write_parquet(...).
-Peak memory is sampled every 50 ms over each subprocess tree (driver, Ray's own processes, actors).
+  (a) raw: the generator's forward pass alone (noise made beforehand), in this process - the ceiling -
+      for each precision;
+  (b) synthgen run end to end (subprocess; rate while generating, and wall time including Ray start) for each
+      precision x encoding, and with 1 and 2 actors;
+  (c) bench/ray_data_pipeline.py: ray.data.range(N).map_batches(...).write_parquet(...), fp32 + PNG.
+Memory is sampled every 100 ms over each subprocess tree (driver, Ray's own processes, actors): the peak of
+the summed PSS (shared pages split between the processes that map them, so libtorch counts once) and, for
+comparison, of the summed RSS.
 
     python bench/throughput.py --counts 10000 200000 --json bench/out/throughput.json
 """
@@ -60,11 +63,11 @@ def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, encod
 
 
 class TreeMemory:
-    """Samples RSS of a process and all its descendants; keeps the peaks."""
+    """Samples PSS and RSS of a process and all its descendants; keeps the peaks."""
 
     def __init__(self, pid: int):
         self.root = psutil.Process(pid)
-        self.peak_total = self.peak_driver = self.peak_actor = 0
+        self.peak_total = self.peak_rss = self.peak_driver = self.peak_actor = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -73,26 +76,29 @@ class TreeMemory:
         while not self._stop.is_set():
             try:
                 procs = [self.root] + self.root.children(recursive=True)
-                rss = {}
+                mem = {}
                 for p in procs:
                     try:
-                        rss[p.pid] = (p.memory_info().rss, " ".join(p.cmdline()))
+                        info = p.memory_full_info()
+                        mem[p.pid] = (info.pss, info.rss, " ".join(p.cmdline()))
                     except psutil.Error:
                         pass
             except psutil.Error:
                 break
-            self.peak_total = max(self.peak_total, sum(r for r, _ in rss.values()))
-            self.peak_driver = max(self.peak_driver, rss.get(self.root.pid, (0, ""))[0])
-            actors = [r for r, cmd in rss.values() if "ray::" in cmd and "IDLE" not in cmd]
+            self.peak_total = max(self.peak_total, sum(m[0] for m in mem.values()))
+            self.peak_rss = max(self.peak_rss, sum(m[1] for m in mem.values()))
+            self.peak_driver = max(self.peak_driver, mem.get(self.root.pid, (0, 0, ""))[0])
+            actors = [m[0] for m in mem.values() if "ray::" in m[2] and "Generat" in m[2]]
             self.peak_actor = max([self.peak_actor] + actors)
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
         mib = 1 << 20
-        return {"peak_tree_mib": round(self.peak_total / mib), "peak_driver_mib": round(self.peak_driver / mib),
-                "peak_actor_mib": round(self.peak_actor / mib)}
+        return {"peak_tree_pss_mib": round(self.peak_total / mib), "peak_tree_rss_mib": round(self.peak_rss / mib),
+                "peak_driver_pss_mib": round(self.peak_driver / mib),
+                "peak_actor_pss_mib": round(self.peak_actor / mib)}
 
 
 def measured(cmd: list[str]) -> tuple[str, float, dict]:
@@ -107,10 +113,10 @@ def measured(cmd: list[str]) -> tuple[str, float, dict]:
     return out, wall, mem
 
 
-def synthgen_rate(count: int, args, out: str) -> dict:
+def synthgen_rate(count: int, args, out: str, precision: str, encoding: str, workers: int) -> dict:
     cmd = [sys.executable, "-m", "synthgen", "run", "--count", str(count), "--out", out, "--gpus", "0",
-           "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--no-progress",
-           "--precision", args.precision] + (["--model", args.model] if args.model else [])
+           "--workers", str(workers), "--batch-size", str(args.batch_size), "--no-progress",
+           "--precision", precision, "--encoding", encoding] + (["--model", args.model] if args.model else [])
     text, wall, mem = measured(cmd)
     rate = float(text.split("(")[-1].split(" images/s")[0])
     return {"images_per_second": rate, "wall_s": round(wall, 1), **mem}
@@ -124,13 +130,35 @@ def ray_data_rate(count: int, args, out: str) -> dict:
     return {"images_per_second": line["images_per_second"], "wall_s": round(wall, 1), **mem}
 
 
+def measure_all(count: int, ckpt, args, scratch: str):
+    """Yield one result row per configuration, all at the same N on the same machine."""
+    raw = {}
+    for precision in args.precisions:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            raw[precision] = raw_rate(ckpt.model, ckpt.config.latent_dim, ckpt.config.num_classes, count,
+                                      args.batch_size, False)
+        yield {"count": count, "what": "raw forward", "precision": precision,
+               "images_per_second": raw[precision]}
+    ray_data = ray_data_rate(count, args, os.path.join(scratch, "rd"))
+    yield {"count": count, "what": "ray data pipeline", "precision": "fp32", "encoding": "png", **ray_data}
+    configs = [(p, e, 1) for p in args.precisions for e in args.encodings]
+    configs += [("fp32", "png", w) for w in args.workers if w != 1]
+    for precision, encoding, workers in configs:
+        result = synthgen_rate(count, args, os.path.join(scratch, "sg"), precision, encoding, workers)
+        yield {"count": count, "what": "synthgen run", "precision": precision, "encoding": encoding,
+               "actors": workers, **result,
+               "vs_raw_same_precision": result["images_per_second"] / raw[precision],
+               "vs_ray_data": result["images_per_second"] / ray_data["images_per_second"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--encodings", nargs="+", default=["png", "raw"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="actor counts (fp32, png)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -146,19 +174,11 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="synthgen-bench-")
     try:
         for count in args.counts:
-            classes = ckpt.config.num_classes
-            row = {"count": count,
-                   "raw_forward": raw_rate(ckpt.model, ckpt.config.latent_dim, classes, count, args.batch_size, False),
-                   "raw_forward_png": raw_rate(ckpt.model, ckpt.config.latent_dim, classes, min(count, 50_000),
-                                               args.batch_size, True)}
-            row["synthgen"] = synthgen_rate(count, args, os.path.join(scratch, f"sg-{count}"))
-            row["ray_data"] = ray_data_rate(count, args, os.path.join(scratch, f"rd-{count}"))
-            row["synthgen_vs_raw"] = row["synthgen"]["images_per_second"] / row["raw_forward"]
-            row["synthgen_vs_ray_data"] = row["synthgen"]["images_per_second"] / row["ray_data"]["images_per_second"]
-            print(json.dumps(row))
-            results.append(row)
-            shutil.rmtree(scratch)
-            os.makedirs(scratch)
+            for row in measure_all(count, ckpt, args, scratch):
+                print(json.dumps(row), flush=True)
+                results.append(row)
+                shutil.rmtree(scratch)
+                os.makedirs(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
