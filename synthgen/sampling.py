@@ -82,14 +82,32 @@ def generate(
         stop = min(start + batch_size, len(seeds))
         z = _padded(normal_from_seeds(seeds[start:stop], dim), batch_size)  # (batch, latent)
         y = None if labels is None else _padded(np.asarray(labels[start:stop], dtype=np.int64), batch_size)
-        z_t = torch.from_numpy(z).to(device)
-        y_t = None if y is None else torch.from_numpy(y).to(device)
+        z_t = _to_device(z, device)
+        y_t = None if y is None else _to_device(y, device)
         with _autocast(device, precision):
             out = model(z_t, y_t)  # (batch, C, H, W)
         chunks.append(to_uint8(out[: stop - start]))
     if not chunks:
         raise ValueError("no seeds given")
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor
+    # pinned host memory lets the copy run asynchronously with the host's work on the next batch
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def make_deterministic(device: torch.device | str) -> None:
+    """Pin the numerics of the GPU path: no cuDNN autotuning (it picks kernels by timing, run to run) and
+    no TF32 in fp32 convolutions, so a given card and precision always give the same pixels."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _padded(rows: np.ndarray, size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from synthgen.errors import SynthgenError
 from synthgen.imaging import encode_pngs
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
-from synthgen.sampling import generate
+from synthgen.sampling import generate, make_deterministic
 from synthgen.worker_config import WorkerConfig
 from synthgen.writers import ShardWriter
 
@@ -43,6 +43,7 @@ class ShardGenerator:
             torch.set_num_threads(config.threads)
         self.config = config
         self.device = pick_device(config.device)
+        make_deterministic(self.device)
         ckpt = load_checkpoint(config.model, device=self.device, allow_import=config.allow_import)
         if ckpt.fingerprint != config.fingerprint:
             raise SynthgenError(f"{config.model}: the model changed since the job started "
