@@ -235,6 +235,7 @@ class _ActorPool:
         self.remote_cls = ray.remote(_RayShardGenerator)
         self.actors = [self._new_actor() for _ in range(count)]
         self.device, self.gpu_ids = self._wait_ready()
+        self.in_flight: dict = {}
 
     def _new_actor(self):
         return self.remote_cls.options(**self.options, max_restarts=self.config.max_retries,
@@ -254,7 +255,7 @@ class _ActorPool:
     def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
         retry: deque[ShardSpec] = deque()
         attempts: dict[int, int] = {}
-        in_flight: dict = {}  # ObjectRef -> (actor, spec)
+        in_flight = self.in_flight  # ObjectRef -> (actor, spec)
         load = {id(a): 0 for a in self.actors}
         while True:
             for actor in list(self.actors):
@@ -266,7 +267,9 @@ class _ActorPool:
                     load[id(actor)] += 1
             if not in_flight:
                 return
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready: list = []
+            while not ready:  # short waits: a blocking ray.wait would hold off Ctrl-C indefinitely
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
             actor, spec = in_flight.pop(ready[0])
             load[id(actor)] -= 1
             try:
@@ -292,6 +295,9 @@ class _ActorPool:
             load[id(fresh)] = 0
 
     def shutdown(self) -> None:
+        """Stop the actors; cancelling their queued shards first keeps Ray from announcing retries."""
+        for ref in self.in_flight:
+            ray.cancel(ref)
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
 

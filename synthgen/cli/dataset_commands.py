@@ -59,7 +59,9 @@ def run(
         try:
             summary = run_job(config)
         except KeyboardInterrupt:
-            fail(f"interrupted; committed shards are kept in {out}: run the same command again to resume")
+            typer.echo(f"interrupted; committed shards are kept in {out}: run the same command again to resume",
+                       err=True)
+            raise typer.Exit(130) from None
     if summary.actors:
         gpus = f" holding GPUs {summary.gpu_ids}" if any(summary.gpu_ids) else ""
         typer.echo(f"ran {summary.actors} actor(s) on {summary.device}{gpus}")
