@@ -267,6 +267,7 @@ def _save_epoch(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Train
                 history: list[dict[str, float]]) -> str:
     """Checkpoint, training state and sample grid after an epoch; returns the fingerprint."""
     meta.training.update(epochs=len(history), final_losses=history[-1])
+    trainer.before_save()
     fingerprint = ckpt.save_checkpoint(config.out, trainer.generator, meta)
     tensors, state_meta = trainer.state()
     state_meta.update(epoch=len(history), history=history)
