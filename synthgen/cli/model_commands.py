@@ -1,1 +1,146 @@
-"""synthgen train, sample and models."""
+"""synthgen train, sample and models: flags in, one library call out."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from synthgen.cli.common import app, fail, user_errors
+
+DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option("--data", help="Training images: a MedMNIST-style .npz, a .parquet file "
+                                      "or folder of them, or a folder with one subfolder of PNG/JPEG per class.")],
+    out: Annotated[str, typer.Option("--out", help="Checkpoint directory to write (path or URI).")],
+    arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan or vae.")] = "dcgan",
+    epochs: Annotated[int, typer.Option("--epochs", help="Total epochs (with --resume: the new total).")] = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per optimisation step.")] = 64,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate "
+                                                "(default: dcgan 2e-4, vae 1e-3).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for init, shuffling and noise.")] = 0,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size "
+                                                      "(28, 32, 64 or 128) (default: the data's size).")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option("--latent-dim", help="Noise size "
+                                                      "(default: dcgan 100, vae 32).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Generator's first feature-map channels "
+                                                 "(default: dcgan 256, vae 128); sets the model's size.")] = None,
+    class_names: Annotated[Optional[str], typer.Option("--class-names", help="Comma-separated names for "
+                                                       "labels 0, 1, ... (e.g. malignant,normal).")] = None,
+    conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="Condition on "
+                                                        "the labels (default: yes for >1 class).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Which split of an .npz to read.")] = "train",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a checkpoint already in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a generator and save a checkpoint (plus samples/epoch-NNN.png) after every epoch."""
+    from synthgen.train import TrainConfig
+    from synthgen.train import train as run_training
+
+    names = [n.strip() for n in class_names.split(",")] if class_names is not None else None
+    config = TrainConfig(data=data, out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         device=device, image_size=image_size, latent_dim=latent_dim, width=width,
+                         class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
+                         split=split)
+    with user_errors():
+        result = run_training(config, progress=not quiet)
+    final = ", ".join(f"{k} {v:.4g}" for k, v in result.losses[-1].items()) if result.losses else "none"
+    typer.echo(f"saved {result.out} (fingerprint {result.fingerprint[:12]}, {len(result.losses)} epochs, "
+               f"{result.seconds:.1f}s this run); last epoch: {final}")
+
+
+@app.command()
+def sample(
+    out: Annotated[str, typer.Option("--out", help="PNG file to write the grid to.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint directory, URI or bundled "
+                                                 "model name (default: the bundled default model).")] = None,
+    count: Annotated[int, typer.Option("--count", help="Images (per class when a conditional model gets "
+                                       "no --label).")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Base seed; image k's noise comes from "
+                                      "the same per-image seed as in synthgen run.")] = 0,
+    label: Annotated[Optional[str], typer.Option("--label", help="Class name or index (default: every "
+                                                 "class, one block of rows each).")] = None,
+    columns: Annotated[int, typer.Option("--columns", help="Images per grid row.")] = 8,
+    scale: Annotated[int, typer.Option("--scale", help="Nearest-neighbour upscaling of the PNG.")] = 3,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    allow_custom_arch: Annotated[bool, typer.Option("--allow-custom-arch", help="Allow a checkpoint whose "
+                                                    "architecture is an import path (runs its code).")] = False,
+) -> None:
+    """Draw a grid of samples from a model into one PNG."""
+    from synthgen.checkpoint import load_checkpoint
+    from synthgen.imaging import image_grid, save_png
+    from synthgen.plan import check_seed, image_seeds
+    from synthgen.sampling import generate
+    from synthgen.train import resolve_device
+
+    for flag, value in (("--count", count), ("--columns", columns), ("--scale", scale)):
+        if value < 1:
+            fail(f"{flag} must be at least 1, got {value}")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        fail(f"--out {out}: directory {parent} does not exist")
+    with user_errors():
+        check_seed(seed)
+        ckpt = load_checkpoint(model, device=str(resolve_device(device)), allow_import=allow_custom_arch)
+        classes = _label_rows(label, ckpt.config.class_names)
+        seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
+        labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None
+        images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+        # each class starts a new row, so the blocks line up and column k shares its seed across classes
+        ncol = min(columns, count)
+        save_png(out, image_grid(_pad_rows(images, count, ncol), ncol), scale=scale)
+    names = ", ".join(ckpt.config.class_names[c] for c in classes) if classes else "unconditional"
+    typer.echo(f"wrote {out}: {len(images)} images from {ckpt.source} ({names}; fingerprint "
+               f"{ckpt.fingerprint[:12]})")
+
+
+@app.command()
+def models() -> None:
+    """List the models bundled with synthgen (usable as --model NAME)."""
+    from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, load_checkpoint
+
+    with user_errors():
+        names = bundled_models()
+        if not names:
+            fail("no bundled models in this installation")
+        rows = [("name", "arch", "classes", "shape (C,H,W)", "latent", "fingerprint")]
+        for name in names:
+            ckpt = load_checkpoint(name)
+            cfg = ckpt.config
+            rows.append((name + (" (default)" if name == DEFAULT_MODEL else ""), cfg.arch,
+                         ",".join(cfg.class_names) or "-", "x".join(map(str, cfg.image_shape)),
+                         str(cfg.latent_dim), ckpt.fingerprint[:12]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _label_rows(label: str | None, class_names: list[str]) -> list[int]:
+    """Class indices to draw: the one --label names, or all classes (none for an unconditional model)."""
+    if label is None:
+        return list(range(len(class_names)))
+    if not class_names:
+        fail(f"--label {label}: this model is unconditional (it has no classes); drop --label")
+    if label in class_names:
+        return [class_names.index(label)]
+    if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
+        return [int(label)]
+    fail(f"--label {label!r} is not a class of this model; use one of {', '.join(class_names)} "
+         f"or an index 0-{len(class_names) - 1}")
+    return []  # unreachable: fail() exits
+
+
+def _pad_rows(images: np.ndarray, per_block: int, ncol: int) -> np.ndarray:
+    """Insert blank (white) tiles so every block of ``per_block`` images starts on a fresh grid row."""
+    if per_block % ncol == 0 or len(images) == per_block:
+        return images
+    blank = np.full((ncol - per_block % ncol,) + images.shape[1:], 255, dtype=np.uint8)
+    blocks = [images[i:i + per_block] for i in range(0, len(images), per_block)]
+    return np.concatenate([part for block in blocks for part in (block, blank)][:-1])
