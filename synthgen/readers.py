@@ -29,6 +29,7 @@ from synthgen.errors import SynthgenError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+UNLABELED = -1  # the label synthgen writes for images of an unconditional model
 
 
 @dataclass
@@ -70,8 +71,13 @@ def load_images(path: str, split: str = "train") -> ImageSet:
     if storage.is_dir(loc, loc.root):
         files = storage.list_files(loc, loc.root, recursive=True)
         parquet = [f for f in files if f.endswith(".parquet") and not _is_hidden(loc, f)]
+        # a synthgen PNG-layout dataset has metadata Parquet (no image column) next to images/<class>/
+        parquet = [f for f in parquet if "image" in _parquet_columns(loc, f)]
         if parquet:
             return _read_parquet(loc, _pick_split(parquet, split))
+        images_dir = loc.join("images")
+        if storage.is_dir(loc, images_dir):
+            return _read_folder(storage.Location(loc.fs, images_dir, posixpath.join(path, "images")))
         return _read_folder(loc)
     data = _read(loc, loc.root)
     if data[:4] == b"PAR1":
@@ -170,16 +176,13 @@ def _read_parquet(loc: storage.Location, paths: list[str],
         _hash_member(h, _rel(loc, path) or posixpath.basename(path), data)
         table = _parquet_table(data, path)
         names = names if names is not None else _hf_label_names(table.schema)
-        image_col = table.column("image").to_pylist()
-        for k, cell in enumerate(image_col):
-            raw = cell.get("bytes") if isinstance(cell, dict) else cell
-            if not raw:
-                raise SynthgenError(f"{path}: row {k} has no image bytes")
-            arrays.append((f"{path} row {k}", _decode(raw, f"{path} row {k}")))
+        arrays += _parquet_images(table.column("image"), path)
         labels.append(_parquet_labels(table, path))
     if not arrays:
         raise SynthgenError(f"{loc.uri}: zero images in {len(paths)} Parquet file(s)")
     label_arr = np.concatenate(labels)
+    if (label_arr == UNLABELED).all():  # a synthgen dataset from an unconditional model: one class
+        label_arr, names = np.zeros_like(label_arr), ["unlabeled"]
     sha = _sha256(first_bytes[paths[0]]) if first_bytes else h.hexdigest()
     return ImageSet(_stack(arrays), label_arr, _class_names(names, label_arr, loc.uri), sha, loc.uri)
 
@@ -194,6 +197,31 @@ def _parquet_table(data: bytes, path: str) -> pa.Table:
     return table
 
 
+def _parquet_images(column: pa.ChunkedArray, path: str) -> list[tuple[str, np.ndarray]]:
+    """Decode an image column: HF's struct {bytes, path}, raw PNG/JPEG bytes, or synthgen's uint8 tensors."""
+    if isinstance(column.type, pa.FixedShapeTensorType):  # synthgen --encoding raw: (H, W, C) per row
+        if column.type.value_type != pa.uint8() or len(column.type.shape) != 3 or column.type.shape[2] not in (1, 3):
+            raise SynthgenError(f"{path}: 'image' tensors must be uint8 (H, W, 1 or 3), got {column.type}")
+        stacked = column.combine_chunks().to_numpy_ndarray() if len(column) else np.zeros((0, 1, 1, 1), np.uint8)
+        return [(f"{path} row {k}", img) for k, img in enumerate(stacked)]
+    out = []
+    for k, cell in enumerate(column.to_pylist()):
+        raw = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not isinstance(raw, bytes) or not raw:
+            raise SynthgenError(f"{path}: row {k} of 'image' is not encoded image bytes (got {type(raw).__name__}); "
+                                "expected PNG/JPEG bytes or Hugging Face's {bytes, path} struct")
+        out.append((f"{path} row {k}", _decode(raw, f"{path} row {k}")))
+    return out
+
+
+def _parquet_columns(loc: storage.Location, path: str) -> list[str]:
+    try:
+        with loc.fs.open_input_file(path) as f:
+            return pq.read_schema(f).names
+    except (pa.ArrowException, OSError) as err:
+        raise SynthgenError(f"{path}: cannot read as Parquet ({err})") from None
+
+
 def _parquet_labels(table: pa.Table, path: str) -> np.ndarray:
     if "label" not in table.column_names:
         raise SynthgenError(f"{path}: no 'label' column (it has: {', '.join(table.column_names)})")
@@ -204,6 +232,8 @@ def _parquet_labels(table: pa.Table, path: str) -> np.ndarray:
         values = np.asarray(col.to_numpy(zero_copy_only=False))
     except (pa.ArrowException, TypeError) as err:
         raise SynthgenError(f"{path}: 'label' column is not integers ({err})") from None
+    if (values == UNLABELED).all():
+        return values.astype(np.int64)
     return _flat_labels(values, table.num_rows, path)
 
 

@@ -115,6 +115,28 @@ def test_parquet_directory_of_binary_png_shards(tmp_path: Path, breast_npz: str)
     assert np.array_equal(data.images[..., 0], images) and np.array_equal(data.labels, labels)
 
 
+def test_parquet_raw_tensor_column_unlabeled(tmp_path: Path, breast_npz: str) -> None:
+    """synthgen's --encoding raw (uint8 tensors) from an unconditional model (label -1 everywhere)."""
+    images, _ = _real_subset(breast_npz)
+    tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(images[..., None]))
+    pq.write_table(pa.table({"image": tensors, "label": pa.array([-1] * 12, pa.int64())}),
+                   tmp_path / "shard-00000.parquet")
+    data = load_images(str(tmp_path))
+    assert np.array_equal(data.images[..., 0], images)
+    assert data.class_names == ["unlabeled"] and (data.labels == 0).all()
+
+
+def test_synthgen_png_layout_reads_images_folder(tmp_path: Path, breast_npz: str) -> None:
+    """--format png: metadata Parquet without an image column, images under images/<class>/."""
+    images, labels = _real_subset(breast_npz)
+    _make_folder(tmp_path / "images", images, labels, ["malignant", "normal"])
+    (tmp_path / "meta").mkdir()
+    pq.write_table(pa.table({"file_name": ["x"], "label": [0]}), tmp_path / "meta" / "shard-00000.parquet")
+    data = load_images(str(tmp_path))
+    assert data.class_names == ["malignant", "normal"] and len(data.images) == 12
+    assert data.source.endswith("images")
+
+
 def test_parquet_real_hf_datasets_export(tmp_path: Path, breast_npz: str) -> None:
     datasets = pytest.importorskip("datasets")
     images, labels = _real_subset(breast_npz, 6)
@@ -201,6 +223,12 @@ def test_corrupt_parquet_and_missing_columns(tmp_path: Path) -> None:
     nolabel = tmp_path / "nolabel.parquet"
     pq.write_table(pa.table({"image": [_png(np.zeros((4, 4), np.uint8))]}), nolabel)
     _raises(nolabel, "nolabel.parquet", "'label'")
+
+
+def test_parquet_image_column_of_other_type(tmp_path: Path) -> None:
+    path = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"image": [1, 2], "label": [0, 1]}), path)
+    _raises(path, "ints.parquet", "not encoded image bytes")
 
 
 def test_parquet_zero_rows(tmp_path: Path) -> None:
