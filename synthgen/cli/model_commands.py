@@ -52,7 +52,8 @@ def train(
     with user_errors():
         result = run_training(config, progress=not quiet)
     final = ", ".join(f"{k} {v:.4g}" for k, v in result.losses[-1].items()) if result.losses else "none"
-    typer.echo(f"saved {result.out} (fingerprint {result.fingerprint[:12]}, {len(result.losses)} epochs, "
+    epochs = f"{len(result.losses)} epoch{'s' if len(result.losses) != 1 else ''}"
+    typer.echo(f"saved {result.out} (fingerprint {result.fingerprint[:12]}, {epochs}, "
                f"{result.seconds:.1f}s this run); last epoch: {final}")
 
 
@@ -104,7 +105,7 @@ def sample(
 @app.command()
 def models() -> None:
     """List the models bundled with synthgen (usable as --model NAME)."""
-    from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, load_checkpoint
+    from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 
     with user_errors():
         names = bundled_models()
@@ -112,11 +113,10 @@ def models() -> None:
             fail("no bundled models in this installation")
         rows = [("name", "arch", "classes", "shape (C,H,W)", "latent", "fingerprint")]
         for name in names:
-            ckpt = load_checkpoint(name)
-            cfg = ckpt.config
+            cfg, fingerprint = inspect_checkpoint(name)  # no torch: listing stays instant
             rows.append((name + (" (default)" if name == DEFAULT_MODEL else ""), cfg.arch,
                          ",".join(cfg.class_names) or "-", "x".join(map(str, cfg.image_shape)),
-                         str(cfg.latent_dim), ckpt.fingerprint[:12]))
+                         str(cfg.latent_dim), fingerprint[:12]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
