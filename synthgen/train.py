@@ -188,9 +188,9 @@ def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ..
               "num_classes": len(class_names), "width": config.setting("width")}
     try:
         arch_config = DCGANConfig(**common) if config.arch == "dcgan" else VAEConfig(**common)
-        arch_config = _check_width(arch_config)
     except ValueError as err:
         raise SynthgenError(f"{data.source}: cannot build a {config.arch} for it ({err})") from None
+    _check_width(arch_config)
     training = {"data": config.data, "data_sha256": data.sha256, "split": config.split,
                 "data_class_names": data.class_names, "num_images": len(data.images), "epochs": 0,
                 "seed": config.seed, "lr": config.setting("lr"), "batch_size": config.batch_size,
@@ -200,14 +200,13 @@ def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ..
                                  class_names=class_names, training=training)
 
 
-def _check_width(arch_config):
+def _check_width(arch_config: DCGANConfig | VAEConfig) -> None:
     dec = arch_config if isinstance(arch_config, DCGANConfig) else arch_config.decoder_config()
     # the generator halves the width once per stage; it must not reach zero channels
     smallest = 2 ** (dec.num_upsamples + 1)
     if dec.width < smallest:
         raise SynthgenError(f"--width must be at least {smallest} for {dec.image_size}x{dec.image_size} "
                             f"images, got {dec.width}")
-    return arch_config
 
 
 def _check_out(config: TrainConfig) -> None:
