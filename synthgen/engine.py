@@ -146,17 +146,36 @@ class _ray_session:
     def __enter__(self) -> None:
         if ray.is_initialized():
             return
+        if self.address:
+            _use_cluster_token()
         try:
             ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, configure_logging=True)
         except (ConnectionError, ValueError, RuntimeError) as err:
             where = f"--address {self.address}" if self.address else "a local Ray cluster"
-            raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}") from None
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+                    "(or copy the head's ~/.ray/auth_token here)" if self.address else "")
+            raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}{hint}") from None
         self.started = True
 
     def __exit__(self, *exc) -> None:
         if self.started:
             ray.shutdown()
+
+
+def _use_cluster_token() -> None:
+    """Send the auth token when one is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
+
+    Ray 2.60's heads enable token authentication by default, but ``ray.init(address=HOST:PORT)`` only looks
+    for a token when the address is "auto"; this applies Ray's own lookup for explicit addresses too. A
+    RAY_AUTH_MODE the user set is respected, and authentication is never turned off.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, loc: storage.Location,

@@ -1,0 +1,39 @@
+"""Ctrl-C (SIGINT) on a running `synthgen run`: a prompt exit, committed shards kept, and a clean resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synthgen.verify import verify_dataset
+
+
+@pytest.mark.slow
+def test_sigint_stops_quickly_and_the_rerun_completes(tmp_path, tiny_checkpoint, ray_head):
+    out = tmp_path / "ds"
+    args = [sys.executable, "-m", "synthgen", "run", "--count", "1500", "--shard-size", "100", "--batch-size",
+            "64", "--model", tiny_checkpoint, "--out", str(out), "--address", ray_head, "--gpus", "0",
+            "--no-progress"]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text())["shards"]:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, f"the run ended before it could be interrupted: {driver.communicate()}"
+    started = time.time()
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and time.time() - started < 30
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    kept = json.loads((out / "manifest.json").read_text())["shards"]
+    assert 0 < len(kept) < 15
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert verify_dataset(str(out)).ok
+    assert f"{1500 - sum(s['rows'] for s in kept)} new images" in again.stdout
