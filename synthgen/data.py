@@ -1,0 +1,382 @@
+"""PyTorch datasets over synthgen output, real images in the same shape, and real+synthetic mixing.
+
+A synthgen dataset is indexed from Parquet footers only: one ``(file, row group, rows)`` entry per row group,
+so opening a million-image dataset reads no image. Items are read one row group at a time (the last one is
+cached), which makes sequential and DataLoader access cheap without holding the dataset in memory. The PNG
+layout is read through its metadata Parquet (``metadata.parquet`` or ``meta/shard-*.parquet``): the row group
+gives the file names, each image is one small read.
+
+Every dataset here yields ``(image, label)``: a float ``(C, H, W)`` tensor in [0, 1] (or ``transform(PIL
+image)``) and an int (-1 for an unconditional model). Filesystems are opened lazily and dropped on pickling,
+so each DataLoader worker opens its own. No Ray here (the engine is the only module that imports it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from synthgen import manifest as mf
+from synthgen import storage
+from synthgen.errors import SynthgenError
+from synthgen.imaging import decode_png
+from synthgen.readers import ImageSet, load_images
+
+Transform = Callable[[Image.Image], Any]
+
+
+@dataclass
+class DatasetInfo:
+    """Where a synthgen dataset's rows are: its layout, index Parquet files and their row groups."""
+
+    uri: str
+    layout: str  # "parquet" (images inside) or "png" (file names inside, images beside)
+    class_names: list[str]
+    image_shape: tuple[int, ...] | None  # (C, H, W) from the manifest; None without one
+    parts: list[tuple[str, int, int]] = field(default_factory=list)  # (file, row group, rows), in index order
+    manifest: mf.Manifest | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(p[2] for p in self.parts)
+
+
+def open_dataset(path_or_uri: str, allow_incomplete: bool = False) -> DatasetInfo:
+    """Find a synthgen dataset's index files and row groups (Parquet footers only, no images).
+
+    Args:
+        path_or_uri: dataset directory or URI (``s3://...``), as written by ``synthgen run``.
+        allow_incomplete: read the committed shards of an unfinished run instead of refusing it.
+
+    Returns:
+        The dataset's layout, class names, image shape and row-group index.
+    """
+    loc = storage.locate(path_or_uri)
+    if not storage.is_dir(loc, loc.root):
+        raise SynthgenError(f"{path_or_uri}: no such dataset directory")
+    manifest = mf.load(loc)
+    if manifest is None:
+        info = _info_without_manifest(loc)
+    else:
+        info = _info_from_manifest(loc, manifest, allow_incomplete)
+    if info.rows == 0:
+        raise SynthgenError(f"{path_or_uri}: the dataset holds no images")
+    return info
+
+
+def _info_from_manifest(loc: storage.Location, manifest: mf.Manifest, allow_incomplete: bool) -> DatasetInfo:
+    if not manifest.complete and not allow_incomplete:
+        raise SynthgenError(f"{loc.uri}: incomplete dataset ({len(manifest.shards)} of {manifest.num_shards} "
+                            f"shards, status {manifest.status!r}); re-run its synthgen run command to finish it")
+    layout = manifest.job["format"]
+    files = [manifest.shards[j].file for j in sorted(manifest.shards)]
+    if layout == "png" and manifest.complete and storage.exists(loc, loc.join("metadata.parquet")):
+        files = ["metadata.parquet"]
+    shape = tuple(manifest.model.get("image_shape") or ()) or None
+    return DatasetInfo(loc.uri, layout, list(manifest.model.get("class_names") or []), shape,
+                       _row_groups(loc, files), manifest)
+
+
+def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
+    """A copy without its manifest (e.g. only ``data/`` downloaded): read what is there, in name order."""
+    data = [f for f in storage.list_files(loc, loc.join("data")) if _is_shard(f)]
+    meta = loc.join("metadata.parquet")
+    if data:
+        files, layout = [posixpath.relpath(f, loc.root) for f in data], "parquet"
+    elif storage.exists(loc, meta):
+        files, layout = ["metadata.parquet"], "png"
+    else:
+        raise SynthgenError(f"{loc.uri}: no {mf.MANIFEST_FILE}, data/*.parquet or metadata.parquet; "
+                            "not a synthgen dataset")
+    parts = _row_groups(loc, files)
+    return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts)
+
+
+def _is_shard(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.endswith(".parquet") and not name.startswith(".")
+
+
+def _row_groups(loc: storage.Location, files: list[str]) -> list[tuple[str, int, int]]:
+    parts = []
+    for rel in files:
+        try:
+            with loc.fs.open_input_file(loc.join(rel)) as f:
+                meta = pq.ParquetFile(f).metadata
+        except (OSError, ValueError) as err:  # missing, truncated or not Parquet
+            raise SynthgenError(f"{loc.join(rel)}: cannot read Parquet footer ({err}); "
+                                "run synthgen verify on the dataset") from None
+        parts += [(rel, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    return [p for p in parts if p[2] > 0]
+
+
+def _hf_class_names(loc: storage.Location, rel: str) -> list[str]:
+    with loc.fs.open_input_file(loc.join(rel)) as f:
+        raw = (pq.read_schema(f).metadata or {}).get(b"huggingface")
+    try:
+        label = json.loads(raw)["info"]["features"]["label"] if raw else {}
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [str(n) for n in label.get("names", [])] if isinstance(label, dict) else []
+
+
+class _RowGroupReader:
+    """Reads one row group at a time and keeps the last; opens the filesystem lazily (per process)."""
+
+    def __init__(self, info: DatasetInfo, transform: Transform | None):
+        self.info, self.transform = info, transform
+        self._loc: storage.Location | None = None
+        self._cached: tuple[int, dict[str, list]] | None = None
+
+    def __getstate__(self) -> dict:
+        # filesystems and cached rows stay behind: each DataLoader worker opens its own
+        return {**self.__dict__, "_loc": None, "_cached": None}
+
+    @property
+    def loc(self) -> storage.Location:
+        if self._loc is None:
+            self._loc = storage.locate(self.info.uri)
+        return self._loc
+
+    def rows(self, part: int) -> dict[str, list]:
+        """Columns of row group ``part``: index, seed, label and png (bytes) or file_name."""
+        if self._cached is None or self._cached[0] != part:
+            rel, group, _ = self.info.parts[part]
+            image_col = "image" if self.info.layout == "parquet" else "file_name"
+            with self.loc.fs.open_input_file(self.loc.join(rel)) as f:
+                table = pq.ParquetFile(f).read_row_group(group, columns=[image_col, "index", "seed", "label"])
+            cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
+            if image_col == "image":
+                cols["png"] = table.column("image").combine_chunks().field("bytes").to_pylist()
+            else:
+                cols["file_name"] = table.column("file_name").to_pylist()
+            self._cached = (part, cols)
+        return self._cached[1]
+
+    def png(self, cols: dict[str, list], k: int) -> bytes:
+        if "png" in cols:
+            return cols["png"][k]
+        return storage.read_bytes(self.loc, self.loc.join(cols["file_name"][k]))
+
+    def item(self, cols: dict[str, list], k: int) -> tuple[Any, int]:
+        data = self.png(cols, k)
+        if self.transform is not None:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                return self.transform(img), int(cols["label"][k])
+        return to_tensor(decode_png(data)), int(cols["label"][k])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) -> float32 (C, H, W) in [0, 1]."""
+    # np.array copies: arrays from PIL are read-only, which torch warns about
+    return torch.from_numpy(np.array(image.transpose(2, 0, 1))).float().div_(255)  # (C, H, W)
+
+
+class SyntheticImageDataset(Dataset):
+    """Map-style dataset over a synthgen dataset (Parquet or PNG layout, local or URI).
+
+    Item ``i`` is the row at position ``i`` in index order (for a complete dataset, the image with index
+    ``i``): ``(float (C, H, W) tensor in [0, 1] or transform(PIL image), label)``.
+    """
+
+    def __init__(self, path_or_uri: str, transform: Transform | None = None, allow_incomplete: bool = False):
+        self.info = open_dataset(str(path_or_uri), allow_incomplete)
+        self.class_names = self.info.class_names
+        self._reader = _RowGroupReader(self.info, transform)
+        self._starts = np.cumsum([0] + [p[2] for p in self.info.parts])  # first position of each part
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
+        i %= len(self)
+        part = bisect.bisect_right(self._starts, i) - 1
+        return part, i - int(self._starts[part])
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        part, k = self._locate(int(i))
+        return self._reader.item(self._reader.rows(part), k)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Everything stored for position ``i``: index, seed, label and the image as uint8 (H, W, C)."""
+        part, k = self._locate(int(i))
+        cols = self._reader.rows(part)
+        return {"index": cols["index"][k], "seed": cols["seed"][k], "label": cols["label"][k],
+                "image": decode_png(self._reader.png(cols, k))}
+
+    def arrays(self, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decode many rows at once, reading each row group once.
+
+        Args:
+            positions: row positions to read (default: all), any order.
+
+        Returns:
+            uint8 images (N, H, W, C), int64 labels (N,) and the rows' dataset indices (N,), in the order
+            of ``positions``.
+        """
+        positions = np.arange(len(self)) if positions is None else np.asarray(positions, dtype=np.int64)
+        if len(positions) == 0:
+            raise SynthgenError(f"{self.info.uri}: no rows selected")
+        images, meta = [None] * len(positions), np.empty((len(positions), 2), np.int64)
+        for j in np.argsort(positions, kind="stable"):  # row-group order, so each group is read once
+            part, k = self._locate(int(positions[j]))
+            cols = self._reader.rows(part)
+            images[j], meta[j] = decode_png(self._reader.png(cols, k)), (cols["label"][k], cols["index"][k])
+        return np.stack(images), meta[:, 0], meta[:, 1]  # (N, H, W, C), (N,), (N,)
+
+
+class IterableSyntheticDataset(IterableDataset):
+    """Streams a synthgen dataset, its row groups split across distributed ranks and DataLoader workers.
+
+    Row groups go round-robin to ranks, then round-robin to the workers of each rank, so every row is read
+    exactly once per epoch across all ranks and workers. Ranks may get unequal row counts (whole row groups,
+    1024 rows each by default); use ``len()`` to know this rank's share.
+    """
+
+    def __init__(self, path_or_uri: str, transform: Transform | None = None, rank: int | None = None,
+                 world_size: int | None = None, shuffle: bool = False, seed: int = 0,
+                 allow_incomplete: bool = False):
+        self.info = open_dataset(str(path_or_uri), allow_incomplete)
+        self.class_names = self.info.class_names
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self._reader = _RowGroupReader(self.info, transform)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for a new epoch (same order on every rank, so the split still covers each row once)."""
+        self.epoch = epoch
+
+    def _rank_parts(self) -> list[int]:
+        order = np.arange(len(self.info.parts))
+        if self.shuffle:  # seeded identically on every rank: ranks must agree on who gets which group
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        return order[self.rank::self.world_size].tolist()
+
+    def __len__(self) -> int:
+        return sum(self.info.parts[p][2] for p in self._rank_parts())
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        worker = get_worker_info()
+        wid, nworkers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
+        for part in self._rank_parts()[wid::nworkers]:
+            cols = self._reader.rows(part)
+            rows = np.arange(len(cols["label"]))
+            for k in (rng.permutation(rows) if self.shuffle else rows):
+                yield self._reader.item(cols, int(k))
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise SynthgenError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+class RealImageDataset(Dataset):
+    """Real images (MedMNIST ``.npz``, class folders or Parquet, read by :func:`synthgen.readers.load_images`)
+    yielding exactly what :class:`SyntheticImageDataset` yields."""
+
+    def __init__(self, source: str | ImageSet, split: str = "train", transform: Transform | None = None):
+        self.data = source if isinstance(source, ImageSet) else load_images(str(source), split)
+        self.class_names = self.data.class_names
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data.images)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image, label = self.data.images[i], int(self.data.labels[i])  # (H, W, C) uint8
+        if self.transform is not None:
+            return self.transform(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)), label
+        return to_tensor(image), label
+
+
+class MixedDataset(Dataset):
+    """Real and synthetic items interleaved so that every prefix holds the asked synthetic fraction.
+
+    Position ``i`` is synthetic when ``floor((i+1)*S/N) > floor(i*S/N)`` (S synthetic of N in all), so the
+    fraction holds exactly overall and to within one item in any prefix; which real or synthetic item comes
+    next follows a seeded permutation of each source (cycled when more are needed than it holds).
+    """
+
+    def __init__(self, real: Dataset, synthetic: Dataset, synthetic_fraction: float, length: int | None = None,
+                 seed: int = 0):
+        if not 0.0 <= synthetic_fraction <= 1.0:
+            raise SynthgenError(f"synthetic_fraction must be in [0, 1], got {synthetic_fraction}")
+        _check_same_classes(real, synthetic)
+        if length is None:  # use every real item once, and as many synthetic as the fraction asks
+            if synthetic_fraction == 1.0:
+                length = len(synthetic)
+            else:
+                length = len(real) + round(len(real) * synthetic_fraction / (1 - synthetic_fraction))
+        self.real, self.synthetic, self.length = real, synthetic, int(length)
+        self.num_synthetic = round(self.length * synthetic_fraction)
+        for name, ds, need in (("real", real, self.length - self.num_synthetic),
+                               ("synthetic", synthetic, self.num_synthetic)):
+            if need and len(ds) == 0:
+                raise SynthgenError(f"mix: the {name} dataset is empty but {need} {name} items are asked for")
+        rng = np.random.default_rng(seed)
+        self._real_order = rng.permutation(len(real))
+        self._syn_order = rng.permutation(len(synthetic))
+        self.class_names = getattr(real, "class_names", None) or getattr(synthetic, "class_names", None)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def source(self, i: int) -> tuple[str, int]:
+        """Which dataset position ``i`` comes from ("real" or "synthetic") and the item's index in it."""
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for a mix of {self.length} items")
+        s, n = self.num_synthetic, self.length
+        synthetic_before = i * s // n
+        if (i + 1) * s // n > synthetic_before:
+            return "synthetic", int(self._syn_order[synthetic_before % len(self._syn_order)])
+        real_before = i - synthetic_before
+        return "real", int(self._real_order[real_before % len(self._real_order)])
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        which, j = self.source(int(i))
+        return (self.synthetic if which == "synthetic" else self.real)[j]
+
+
+def _check_same_classes(real: Dataset, synthetic: Dataset) -> None:
+    a, b = getattr(real, "class_names", None), getattr(synthetic, "class_names", None)
+    if a and b and len(a) != len(b):
+        raise SynthgenError(f"mix: real data has classes {', '.join(a)} but the synthetic data has "
+                            f"{', '.join(b)}; labels would not mean the same thing")
+
+
+def mix(real: Dataset, synthetic: Dataset, synthetic_fraction: float = 0.5, length: int | None = None,
+        seed: int = 0) -> MixedDataset:
+    """Real + synthetic training data with a fixed synthetic fraction (augmentation).
+
+    Args:
+        real: e.g. a :class:`RealImageDataset`.
+        synthetic: e.g. a :class:`SyntheticImageDataset`; both must yield the same kind of items.
+        synthetic_fraction: share of synthetic items, 0 to 1.
+        length: total items; default: every real item once plus the synthetic ones the fraction needs.
+        seed: decides which items of each source come where.
+
+    Returns:
+        A map-style dataset in which exactly ``round(length * synthetic_fraction)`` items are synthetic.
+    """
+    return MixedDataset(real, synthetic, synthetic_fraction, length, seed)
