@@ -11,6 +11,7 @@ import sys
 import typer
 
 from synthgen.cli import dataset_commands, model_commands  # noqa: F401  (registers the commands)
+from synthgen.cli import eval_commands  # noqa: F401  (registers eval and preview)
 from synthgen.cli.common import app
 from synthgen.errors import SynthgenError
 

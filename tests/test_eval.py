@@ -1,0 +1,168 @@
+"""synthgen eval / preview on real BreastMNIST: sane FID, planted copies found, bad input in one line.
+
+Classifiers train for a few dozen steps here: enough for a feature space, far from a good classifier.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from synthgen import metrics
+from synthgen.cli import app
+from synthgen.data import SyntheticImageDataset
+from synthgen.evaluate import EvalConfig, evaluate
+from synthgen.readers import load_images
+from test_data import write_dataset
+
+STEPS = "40"
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def quick(real: str, synthetic: Path, tmp_path: Path, **kw) -> dict:
+    kw.setdefault("classifier_steps", int(STEPS))
+    config = EvalConfig(real=real, synthetic=str(synthetic), out=str(tmp_path / "report.json"), **kw)
+    return evaluate(config)
+
+
+@pytest.fixture(scope="module")
+def breast(breast_npz):
+    return load_images(breast_npz)
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory, breast) -> Path:
+    """The real training split itself, as a synthgen dataset."""
+    return write_dataset(tmp_path_factory.mktemp("copies") / "ds", breast.images, breast.labels,
+                         ["malignant", "normal"], 200)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, tiny_checkpoint, ray_local) -> Path:
+    """What `synthgen run` makes from an untrained generator: noise-like images, labelled."""
+    out = tmp_path_factory.mktemp("gen") / "ds"
+    result = invoke("run", "--count", "200", "--shard-size", "100", "--model", tiny_checkpoint, "--out",
+                    str(out), "--gpus", "0", "--workers", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+PLANTED = [3, 50, 77, 120, 199]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, generated, breast) -> Path:
+    """The generated images with five replaced by training images (two of them nudged by one grey level)."""
+    images, labels, _ = SyntheticImageDataset(generated).arrays()
+    rows = [10, 400, 11, 545, 250]
+    images[PLANTED] = breast.images[rows]
+    images[PLANTED[:2]] = np.clip(images[PLANTED[:2]].astype(int) + 1, 0, 255).astype(np.uint8)
+    labels[PLANTED] = breast.labels[rows]
+    return write_dataset(tmp_path_factory.mktemp("planted") / "ds", images, labels, ["malignant", "normal"], 100)
+
+
+def test_metrics_on_known_distributions():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3000, 4)), rng.normal(size=(3000, 4)) * 2 + 1  # FID = 4*1 + 4*(1 + 4 - 2*2) = 8
+    assert metrics.frechet_distance(a, b) == pytest.approx(8, rel=0.05)
+    assert metrics.precision_recall(a[:500], a[500:1000])[0] > 0.8
+    assert metrics.precision_recall(a[:500], a[:500] + 50) == (0.0, 0.0)
+    labels, scores = rng.integers(0, 2, 400), rng.random(400)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    brute = (pos[:, None] > neg[None]).mean()  # AUC = P(score of a positive > score of a negative)
+    assert metrics.roc_auc(labels, np.stack([1 - scores, scores], 1)) == pytest.approx(brute)
+    three = np.eye(3)[[0, 1, 2, 1]]  # one-vs-rest over 3 classes, perfect scores
+    assert metrics.roc_auc(np.array([0, 1, 2, 1]), three) == 1.0
+
+
+def test_real_against_itself_is_near_zero(breast_npz, copies, tmp_path):
+    report = quick(breast_npz, copies, tmp_path)
+    fk = report["fid_kid"]
+    assert fk["fid"] < 1e-6 and abs(fk["kid"]) < 0.2  # unbiased MMD of a set against itself: -O(1/n)
+    assert all(c["fid"] < 1e-6 for c in fk["per_class"].values())
+    assert report["precision_recall"]["precision"] == 1.0 and report["precision_recall"]["recall"] == 1.0
+    assert report["memorization"]["near_copy_fraction_either"] == 1.0  # a copy is a copy
+    assert report["real"]["class_names"] == ["malignant", "normal"]  # the model's names for "0", "1"
+    assert report["inception"] == {"skipped": report["inception"]["skipped"]}
+    assert "no Inception-v3 weights given" in report["inception"]["skipped"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["fid_kid"]["fid"] == fk["fid"] and (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_noise_against_real_is_far_and_copies_are_found(breast_npz, planted, tmp_path):
+    report = quick(breast_npz, planted, tmp_path)
+    fk = report["fid_kid"]
+    assert fk["fid"] > 20 * fk["baseline_real_test"]["fid"] and fk["fid"] > 10
+    assert report["precision_recall"]["baseline_real_test"]["precision"] > 0.5
+    mem = report["memorization"]
+    assert sorted(mem["near_copy_indices"]) == PLANTED and mem["near_copies"] == 5
+    worst = mem["worst_pairs"][:5]
+    assert sorted(p["synthetic_index"] for p in worst) == PLANTED
+    assert {p["real_train_row"] for p in worst} == {10, 400, 11, 545, 250}
+    tstr = report["tstr"]
+    assert tstr["trained_on_real"]["auc"] > 0.7  # the real-data classifier learned something
+    assert set(tstr["gain_of_adding_synthetic"]) == {"accuracy", "balanced_accuracy", "auc"}
+    assert (tmp_path / "report-memorization.png").stat().st_size > 0
+
+
+def test_same_seed_same_report_and_holdout(copies, tmp_path):
+    # --real without a test split (a Parquet folder): 20% is held out; --max-images caps both sides
+    run = lambda: quick(str(copies), copies, tmp_path, max_images=100, seed=5, classifier_steps=10)
+    a = run()
+    assert a == run() and a["synthetic"]["images_used"] == 100 and a["real"]["train_images"] == 100
+    assert a["real"]["test_split"].startswith("held-out 20%") and a["real"]["test_images"] == 100
+    exact = [p for p in a["memorization"]["worst_pairs"] if p["pixel_rmse"] == 0]
+    assert exact and all(p["real_train_row"] == p["synthetic_index"] for p in exact)  # rows of --real
+
+
+def test_cli_eval_and_preview(breast_npz, planted, tmp_path):
+    out = tmp_path / "r.json"
+    result = invoke("eval", "--real", breast_npz, "--synthetic", str(planted), "--out", str(out),
+                    "--classifier-steps", STEPS, "--max-images", "150")
+    assert result.exit_code == 0, result.output
+    assert "FID " in result.output and "test AUC by training data: real" in result.output
+    assert "Inception-v3 FID skipped" in result.output and out.is_file()
+    sheet = tmp_path / "sheet.png"
+    shown = invoke("preview", str(planted), "--out", str(sheet), "--per-class", "4")
+    assert shown.exit_code == 0 and "malignant 4, normal 4" in shown.output and sheet.stat().st_size > 0
+
+
+def test_cli_bad_input(breast_npz, retina_npz, copies, breast, tmp_path, monkeypatch):
+    args = lambda real, syn, *extra: ("eval", "--real", real, "--synthetic", str(syn), "--out",
+                                      str(tmp_path / "r.json"), "--classifier-steps", "1", *extra)
+    partial = write_dataset(tmp_path / "partial", breast.images[:100], breast.labels[:100], ["a", "b"], 50,
+                            complete=False)
+    three = write_dataset(tmp_path / "three", breast.images[:30], breast.labels[:30], ["a", "b", "c"], 30)
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (args(retina_npz, copies), "images are 3x28x28 (C x H x W) but the synthetic dataset's are 1x28x28"),
+        (args(breast_npz, three), "classes 0, 1 do not match the synthetic dataset's a, b, c"),
+        (args(breast_npz, partial), "incomplete dataset (1 of 2 shards"),
+        (args(breast_npz, tmp_path / "empty"), "not a synthgen dataset"),
+        (args(breast_npz, tmp_path / "nope"), "no such dataset directory"),
+        (args(str(tmp_path / "x.npz"), copies), "x.npz: no such file or directory"),
+        (args(breast_npz, copies, "--inception-weights", str(tmp_path / "w.pth")), "w.pth: no such file"),
+        (args(breast_npz, copies, "--max-images", "3"), "--max-images must be at least 10"),
+        (("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(tmp_path / "no/r.json")),
+         "does not exist"),
+        (("preview", str(copies), "--out", str(tmp_path / "s.png"), "--per-class", "0"),
+         "--per-class must be at least 1"),
+        (("preview", str(partial)), "incomplete dataset"),
+    ]
+    for argv, message in cases:
+        result = invoke(*argv)
+        assert result.exit_code == 1 and message in result.output, (argv, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    monkeypatch.setenv("SYNTHGEN_INCEPTION_WEIGHTS", str(tmp_path / "env.pth"))
+    result = invoke(*args(breast_npz, copies))
+    assert result.exit_code == 1 and "$SYNTHGEN_INCEPTION_WEIGHTS" in result.output
