@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from synthgen import storage
 from synthgen.errors import SynthgenError
+from synthgen.writers import Layout
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB
@@ -77,7 +78,8 @@ def load_images(path: str, split: str = "train") -> ImageSet:
             return _read_parquet(loc, _pick_split(parquet, split))
         images_dir = loc.join("images")
         if storage.is_dir(loc, images_dir):
-            return _read_folder(storage.Location(loc.fs, images_dir, posixpath.join(path, "images")))
+            return _read_folder(storage.Location(loc.fs, images_dir, posixpath.join(path, "images")),
+                                _manifest_classes(loc))
         return _read_folder(loc)
     data = _read(loc, loc.root)
     if data[:4] == b"PAR1":
@@ -147,13 +149,32 @@ def _class_names(names: list[str] | None, labels: np.ndarray, source: str) -> li
 
 # ---------------------------------------------------------------- image folder
 
-def _read_folder(loc: storage.Location) -> ImageSet:
+def _manifest_classes(loc: storage.Location) -> list[str] | None:
+    """The class order of a synthgen PNG-layout dataset, from its manifest (folder names sort otherwise)."""
+    path = loc.join("manifest.json")
+    if not storage.exists(loc, path):
+        return None
+    try:
+        return list(json.loads(_read(loc, path))["model"]["class_names"]) or None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_folder(loc: storage.Location, class_order: list[str] | None = None) -> ImageSet:
     files = [f for f in storage.list_files(loc, loc.root, recursive=True) if not _is_hidden(loc, f)]
     classes = sorted({_rel(loc, f).split("/")[0] for f in files if "/" in _rel(loc, f)})
+    names, label_of = classes, {name: i for i, name in enumerate(classes)}
+    if class_order is not None:
+        # synthgen's own PNG layout: keep the model's classes and label numbers, even for a class the label
+        # plan left out (folder names are the sanitised class names)
+        dirs = [Layout("png", tuple(class_order)).class_dir(i) for i in range(len(class_order))]
+        if set(classes) <= set(dirs):
+            names, label_of = list(class_order), {d: i for i, d in enumerate(dirs)}
     if not classes:
         raise SynthgenError(f"{loc.uri}: empty folder; expected one subfolder of PNG/JPEG images per class")
     arrays, labels, h = [], [], hashlib.sha256()
-    for label, name in enumerate(classes):
+    for name in classes:
+        label = label_of[name]
         members = [f for f in files if _rel(loc, f).startswith(name + "/") and f.lower().endswith(IMAGE_SUFFIXES)]
         if not members:
             raise SynthgenError(f"{loc.join(name)}: class folder has no PNG/JPEG images")
@@ -163,7 +184,7 @@ def _read_folder(loc: storage.Location) -> ImageSet:
             arrays.append((f, _decode(data, f)))
             labels.append(label)
     images = _stack(arrays)
-    return ImageSet(images, np.asarray(labels, np.int64), classes, h.hexdigest(), loc.uri)
+    return ImageSet(images, np.asarray(labels, np.int64), names, h.hexdigest(), loc.uri)
 
 
 # ---------------------------------------------------------------- parquet

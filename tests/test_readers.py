@@ -137,6 +137,20 @@ def test_synthgen_png_layout_reads_images_folder(tmp_path: Path, breast_npz: str
     assert data.source.endswith("images")
 
 
+def test_synthgen_png_layout_keeps_the_model_class_order(tmp_path: Path, breast_npz: str) -> None:
+    """Folder names sort alphabetically; a synthgen dataset's labels follow its model's classes instead."""
+    images, labels = _real_subset(breast_npz)
+    names = ["zz normal", "aa malignant"]  # model order opposite to the (sanitised) folder order
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        folder = tmp_path / "images" / names[lab].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{k:09d}.png").write_bytes(_png(img))
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": {"class_names": names + ["unused"]}}))
+    data = load_images(str(tmp_path))
+    assert data.class_names == names + ["unused"]
+    assert sorted(data.labels.tolist()) == sorted(labels.tolist())
+
+
 def test_parquet_real_hf_datasets_export(tmp_path: Path, breast_npz: str) -> None:
     datasets = pytest.importorskip("datasets")
     images, labels = _real_subset(breast_npz, 6)
