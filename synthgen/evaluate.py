@@ -282,6 +282,7 @@ def memorization_audit(data: EvalData, f: _Features, copy_ratio: float = COPY_RA
                      "baseline_real_test_near_copy_fraction": float((test_ratio < copy_ratio).mean())}
         if name == "pixel":  # RMSE in [0, 1] pixel units: 0.02 is about 5 grey levels
             nearest_row, rmse = first[idx[:, 0]], dist[:, 0] / np.sqrt(syn.shape[1])
+            out[name]["median_nearest_rmse"] = float(np.median(rmse))
             out[name]["rmse_below_0.02_fraction"] = float((rmse < CLOSE_RMSE).mean())
             out[name]["baseline_real_test_rmse_below_0.02_fraction"] = float(
                 (test_dist[:, 0] / np.sqrt(syn.shape[1]) < CLOSE_RMSE).mean())

@@ -5,6 +5,7 @@ Classifiers train for a few dozen steps here: enough for a feature space, far fr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from synthgen import metrics
 from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset
+from synthgen.errors import SynthgenError
 from synthgen.evaluate import EvalConfig, evaluate
 from synthgen.readers import load_images
 from test_data import write_dataset
@@ -117,8 +119,17 @@ def test_noise_against_real_is_far_and_copies_are_found(breast_npz, planted, tmp
 
 def test_same_seed_same_report_and_holdout(copies, tmp_path):
     # --real without a test split (a Parquet folder): 20% is held out; --max-images caps both sides
-    run = lambda: quick(str(copies), copies, tmp_path, max_images=100, seed=5, classifier_steps=10)
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"not weights")
+    run = lambda: quick(str(copies), copies, tmp_path, max_images=100, seed=5, classifier_steps=10,
+                        inception_weights=str(weights))
+    if importlib.util.find_spec("torch_fidelity") is not None:
+        with pytest.raises(SynthgenError, match="cannot load as Inception-v3 weights"):
+            run()
+        return
     a = run()
+    assert a["inception"] == {"skipped": "torch-fidelity is not installed (pip install torch-fidelity); "
+                                         "weights were given"}
     assert a == run() and a["synthetic"]["images_used"] == 100 and a["real"]["train_images"] == 100
     assert a["real"]["test_split"].startswith("held-out 20%") and a["real"]["test_images"] == 100
     exact = [p for p in a["memorization"]["worst_pairs"] if p["pixel_rmse"] == 0]
