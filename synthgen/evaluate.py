@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from synthgen import features as fx
-from synthgen import metrics
+from synthgen import metrics, storage
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
-from synthgen.readers import ImageSet, load_images
 from synthgen.figures import draw_memorization, draw_report
+from synthgen.readers import ImageSet, load_images
 
 COPY_RATIO = 1 / 3  # near-copy: nearest training image < 1/3 the distance of the second nearest
 HOLDOUT = 0.2  # share of --real held out as test data when it has no test split
@@ -159,6 +159,9 @@ def _check_shape(real: ImageSet, synthetic: tuple[int, ...] | None, source: str)
 
 
 def _real_splits(path: str, seed: int) -> tuple[ImageSet, np.ndarray, ImageSet, str]:
+    loc = storage.locate(path)
+    if not storage.exists(loc, loc.root):  # checked here: the reader's message names train's --data flag
+        raise SynthgenError(f"--real {path}: no such file or directory")
     train = load_images(path, "train")
     try:
         test = load_images(path, "test")

@@ -161,7 +161,7 @@ def test_cli_bad_input(breast_npz, retina_npz, copies, breast, tmp_path, monkeyp
         (args(breast_npz, partial), "incomplete dataset (1 of 2 shards"),
         (args(breast_npz, tmp_path / "empty"), "not a synthgen dataset"),
         (args(breast_npz, tmp_path / "nope"), "no such dataset directory"),
-        (args(str(tmp_path / "x.npz"), copies), "x.npz: no such file or directory"),
+        (args(str(tmp_path / "x.npz"), copies), "--real " + str(tmp_path / "x.npz") + ": no such file or directory"),
         (args(breast_npz, copies, "--inception-weights", str(tmp_path / "w.pth")), "w.pth: no such file"),
         (args(breast_npz, copies, "--max-images", "3"), "--max-images must be at least 10"),
         (("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(tmp_path / "no/r.json")),
