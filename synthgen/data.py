@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.errors import SynthgenError
-from synthgen.imaging import decode_png
+from synthgen.imaging import decode_png, to_pil
 from synthgen.readers import ImageSet, load_images
 
 Transform = Callable[[Image.Image], Any]
@@ -157,7 +158,11 @@ class _RowGroupReader:
                 table = pq.ParquetFile(f).read_row_group(group, columns=[image_col, "index", "seed", "label"])
             cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
             if image_col == "image":
-                cols["png"] = table.column("image").combine_chunks().field("bytes").to_pylist()
+                images = table.column("image").combine_chunks()
+                if isinstance(images, pa.FixedShapeTensorArray):  # --encoding raw: pixels, no decoding
+                    cols["pixels"] = images.to_numpy_ndarray()  # (rows, H, W, C) uint8
+                else:
+                    cols["png"] = images.field("bytes").to_pylist()
             else:
                 cols["file_name"] = table.column("file_name").to_pylist()
             self._cached = (part, cols)
@@ -168,13 +173,20 @@ class _RowGroupReader:
             return cols["png"][k]
         return storage.read_bytes(self.loc, self.loc.join(cols["file_name"][k]))
 
+    def image(self, cols: dict[str, list], k: int) -> np.ndarray:
+        """Row ``k``'s pixels, uint8 (H, W, C)."""
+        if "pixels" in cols:
+            return cols["pixels"][k]
+        return decode_png(self.png(cols, k))
+
     def item(self, cols: dict[str, list], k: int) -> tuple[Any, int]:
-        data = self.png(cols, k)
         if self.transform is not None:
-            with Image.open(io.BytesIO(data)) as img:
+            if "pixels" in cols:
+                return self.transform(to_pil(cols["pixels"][k])), int(cols["label"][k])
+            with Image.open(io.BytesIO(self.png(cols, k))) as img:
                 img.load()
                 return self.transform(img), int(cols["label"][k])
-        return to_tensor(decode_png(data)), int(cols["label"][k])
+        return to_tensor(self.image(cols, k)), int(cols["label"][k])
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -215,7 +227,7 @@ class SyntheticImageDataset(Dataset):
         part, k = self._locate(int(i))
         cols = self._reader.rows(part)
         return {"index": cols["index"][k], "seed": cols["seed"][k], "label": cols["label"][k],
-                "image": decode_png(self._reader.png(cols, k))}
+                "image": self._reader.image(cols, k)}
 
     def arrays(self, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Decode many rows at once, reading each row group once.
@@ -234,7 +246,7 @@ class SyntheticImageDataset(Dataset):
         for j in np.argsort(positions, kind="stable"):  # row-group order, so each group is read once
             part, k = self._locate(int(positions[j]))
             cols = self._reader.rows(part)
-            images[j], meta[j] = decode_png(self._reader.png(cols, k)), (cols["label"][k], cols["index"][k])
+            images[j], meta[j] = self._reader.image(cols, k), (cols["label"][k], cols["index"][k])
         return np.stack(images), meta[:, 0], meta[:, 1]  # (N, H, W, C), (N,), (N,)
 
 

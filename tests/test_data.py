@@ -25,22 +25,24 @@ from synthgen.writers import Layout, ShardWriter, write_png_metadata
 
 
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str], shard_size: int,
-                  fmt: str = "parquet", complete: bool = True) -> Path:
+                  fmt: str = "parquet", complete: bool = True, encoding: str = "png") -> Path:
     """A synthgen dataset whose row i is ``images[i]``, written by synthgen's writers with a manifest."""
     loc = storage.locate(out)
     count = len(images)
-    job = {"count": count, "seed": 0, "shard_size": shard_size, "format": fmt, "encoding": "png",
+    job = {"count": count, "seed": 0, "shard_size": shard_size, "format": fmt, "encoding": encoding,
            "precision": "fp32", "labels": {"kind": "test"}}
     model = {"source": "tests", "fingerprint": "f" * 64, "arch": "none", "image_shape": [images.shape[3],
              *images.shape[1:3]], "latent_dim": 1, "class_names": class_names, "training": {}}
     manifest = mf.Manifest(job, model)
-    layout = Layout(fmt, tuple(class_names), {"job": job, "model": model})
+    layout = Layout(fmt, tuple(class_names), encoding=encoding, image_shape=images.shape[1:],
+                    file_metadata={"job": job, "model": model})
     for spec in plan_shards(count, shard_size):
         if not complete and spec.shard_id > 0:
             break
         writer = ShardWriter(loc, layout, spec)
         idx = spec.indices()
-        writer.add(idx, idx.astype(np.uint64) + 7, labels[idx], [encode_png(images[i]) for i in idx])
+        pixels = images[idx] if encoding == "raw" else [encode_png(images[i]) for i in idx]
+        writer.add(idx, idx.astype(np.uint64) + 7, labels[idx], pixels)
         manifest.shards[spec.shard_id] = writer.commit()
     if fmt == "png" and complete:
         write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)])
@@ -70,6 +72,19 @@ def breast_ds(tmp_path_factory, breast) -> Path:
 def breast_png(tmp_path_factory, breast) -> Path:
     return write_dataset(tmp_path_factory.mktemp("breast-png") / "ds", breast.images, breast.labels,
                          ["malignant", "normal"], 200, fmt="png")
+
+
+def test_raw_encoding_reads_the_same_items_as_png(tmp_path, breast, breast_ds):
+    raw = SyntheticImageDataset(write_dataset(tmp_path / "raw", breast.images, breast.labels,
+                                              ["malignant", "normal"], 50, encoding="raw"))
+    png = SyntheticImageDataset(breast_ds)
+    assert len(raw) == len(png) == 546
+    for i in (0, 49, 50, 333, 545):
+        (x_raw, y_raw), (x_png, y_png) = raw[i], png[i]
+        assert y_raw == y_png and torch.equal(x_raw, x_png)
+    streamed = sorted(digest(x) for x, _ in DataLoader(IterableSyntheticDataset(raw.info.uri), batch_size=None,
+                                                          num_workers=2))
+    assert streamed == sorted(digest(png[i][0]) for i in range(546))
 
 
 def test_random_access_crosses_row_groups_and_files(tmp_path, retina_npz):
