@@ -20,6 +20,13 @@ def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -
     Never touches files synthgen did not write; a directory holding other files is refused.
     """
     try:
+        return _prepare(loc, fresh, overwrite)
+    except OSError as err:  # object stores: no such bucket, credentials refused, endpoint unreachable
+        raise SynthgenError(f"--out {loc.uri}: cannot use it ({storage.error_line(err)})") from None
+
+
+def _prepare(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
+    try:
         existing = mf.load(loc)
     except SynthgenError:
         if not overwrite:
@@ -46,7 +53,8 @@ def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -
     try:
         mf.save(loc, fresh)
     except OSError as err:
-        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or err})") from None
+        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or storage.error_line(err)})"
+                            ) from None
     return fresh
 
 
@@ -83,3 +91,8 @@ def _remove_stale_temporaries(loc: storage.Location) -> None:
             for name in files:
                 if name.startswith(storage.TMP_PREFIX):
                     os.unlink(os.path.join(dirpath, name))
+    elif not loc.is_local:  # a killed upload's temporary sits where shards go; images/ is never listed
+        for folder in (loc.root, loc.join("data"), loc.join("meta")):
+            for path in storage.list_files(loc, folder):
+                if path.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX):
+                    storage.remove(loc, path)

@@ -3,6 +3,9 @@
 Everything that touches dataset or checkpoint files goes through here, so local disk and object storage
 behave the same. "Atomic" means: write a temporary sibling, then move it into place; readers only ever see
 a complete file under the final name (on object stores the move is a copy, and the manifest is the commit).
+URIs pyarrow does not know (``memory://``, ``abfs://``, ...) go through fsspec when it is installed. Object
+store credentials come from the usual places (``AWS_ACCESS_KEY_ID``..., an instance profile); an endpoint
+can ride in the URI (``s3://b/p?endpoint_override=host:port&scheme=http``) or ``AWS_ENDPOINT_URL_S3``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+from synthgen.errors import SynthgenError
+
 TMP_PREFIX = ".tmp-"
+OBJECT_STORES = ("s3", "gcs")  # pyarrow type names of stores without real directories
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,10 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def is_object_store(self) -> bool:
+        return self.fs.type_name in OBJECT_STORES
+
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
@@ -43,10 +54,36 @@ def locate(path_or_uri: str | os.PathLike) -> Location:
     """Resolve a local path or a URI such as ``s3://bucket/prefix`` to a filesystem and root path."""
     text = str(path_or_uri)
     if is_uri(text) and not text.startswith("file://"):
-        fs, root = pafs.FileSystem.from_uri(text)
+        try:
+            fs, root = pafs.FileSystem.from_uri(text)
+        except pa.ArrowInvalid as err:
+            if "Unrecognized filesystem type" not in str(err):
+                raise SynthgenError(f"{text}: {error_line(err)}") from None
+            fs, root = _fsspec(text)
+        except OSError as err:  # e.g. S3 region lookup of a bucket that does not exist
+            raise SynthgenError(f"{text}: {error_line(err)}") from None
         return Location(fs, root.rstrip("/"), text)
     local = text.removeprefix("file://")
     return Location(pafs.LocalFileSystem(), os.path.abspath(local), text)
+
+
+def _fsspec(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        import fsspec
+    except ImportError:
+        raise SynthgenError(f"{uri}: pyarrow does not know this kind of URI; install fsspec and the "
+                            "package for it (gcsfs, adlfs, ...)") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as err:
+        raise SynthgenError(f"{uri}: {error_line(err)}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+
+
+def error_line(err: BaseException) -> str:
+    """One line from a filesystem error, without pyarrow's advice about options synthgen does not expose."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text.replace(" To create buckets, enable the allow_bucket_creation option.", "")
 
 
 def exists(loc: Location, path: str) -> bool:
@@ -71,15 +108,25 @@ def temp_sibling(path: str) -> str:
 def open_atomic(loc: Location, path: str) -> Iterator[BinaryIO]:
     """A writable stream whose content appears under ``path`` only once the block ends without error.
 
-    Local disk: a temporary sibling, renamed into place (atomic on POSIX) or removed on error. Object
-    stores: the upload itself, since an object becomes visible only when its upload completes.
+    Local disk: a temporary sibling, renamed into place (atomic on POSIX) or removed on error. Other
+    filesystems: the same through the filesystem's move, a server-side copy on object stores (their
+    streams complete the upload even when the block fails, so writing to ``path`` directly would publish
+    a partial file).
     """
-    loc.fs.create_dir(posixpath.dirname(path), recursive=True)
-    if not loc.is_local:
-        with loc.fs.open_output_stream(path) as out:
-            yield out
-        return
+    _make_parent(loc, path)
     tmp = temp_sibling(path)
+    if not loc.is_local:
+        moved = False
+        try:
+            with loc.fs.open_output_stream(tmp) as out:
+                yield out
+            _move(loc, tmp, path)
+            moved = True
+        finally:
+            if not moved:
+                with contextlib.suppress(OSError):
+                    loc.fs.delete_file(tmp)
+        return
     try:
         with open(tmp, "wb") as out:
             yield out
@@ -91,8 +138,26 @@ def open_atomic(loc: Location, path: str) -> Iterator[BinaryIO]:
 
 def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
+    if loc.is_object_store:  # one upload of bytes already in hand: the object appears whole or not at all
+        _make_parent(loc, path)
+        with loc.fs.open_output_stream(path) as out:
+            out.write(data)
+        return
     with open_atomic(loc, path) as out:
         out.write(data)
+
+
+def _make_parent(loc: Location, path: str) -> None:
+    if not loc.is_object_store:  # object stores have no directories; creating markers costs requests
+        loc.fs.create_dir(posixpath.dirname(path), recursive=True)
+
+
+def _move(loc: Location, src: str, dest: str) -> None:
+    try:
+        loc.fs.move(src, dest)
+    except pa.ArrowNotImplementedError:
+        loc.fs.copy_file(src, dest)
+        loc.fs.delete_file(src)
 
 
 def remove(loc: Location, path: str) -> None:

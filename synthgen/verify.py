@@ -88,6 +88,13 @@ def verify_dataset(path: str) -> VerifyReport:
         A report; its ``problems`` list each missing, damaged or incomplete part.
     """
     loc = storage.locate(path)
+    try:
+        return _verify(loc, path)
+    except OSError as err:  # object stores: no such bucket, credentials refused, endpoint unreachable
+        raise SynthgenError(f"{path}: cannot read it ({storage.error_line(err)})") from None
+
+
+def _verify(loc: storage.Location, path: str) -> VerifyReport:
     manifest = mf.load(loc)
     if manifest is None:
         raise SynthgenError(f"{path}: no {mf.MANIFEST_FILE}; not a synthgen dataset")

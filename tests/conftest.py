@@ -109,3 +109,81 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+# --- A real S3-compatible server on 127.0.0.1 (moto's standalone server), for object storage tests.
+
+def start_s3_server(log_path: Path, **env: str):
+    """Start ``python -m moto.server`` on a free port in its own process group; returns (process, endpoint)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port = _free_ports(1)[0]
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    log.close()
+    deadline = time.time() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited: {log_path.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}"
+        assert time.time() < deadline, "moto server did not start"
+        time.sleep(0.2)
+
+
+def stop_s3_server(proc) -> None:
+    import os
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "synthgen-test", "AWS_SECRET_ACCESS_KEY": "synthgen-test-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """Endpoint URL of a moto S3 server that accepts any credentials; stopped after the module."""
+    proc, endpoint = start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    try:
+        yield endpoint
+    finally:
+        stop_s3_server(proc)
+
+
+@pytest.fixture(scope="module")
+def s3_server_refusing(tmp_path_factory: pytest.TempPathFactory):
+    """Endpoint URL of a moto S3 server that checks credentials, and knows none: every request is refused."""
+    proc, endpoint = start_s3_server(tmp_path_factory.mktemp("s3auth") / "moto.log",
+                                     INITIAL_NO_AUTH_ACTION_COUNT="0")
+    try:
+        yield endpoint
+    finally:
+        stop_s3_server(proc)

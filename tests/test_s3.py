@@ -1,0 +1,184 @@
+"""Object storage: a dataset on a real S3-compatible server (moto, on 127.0.0.1) behaves as on local disk.
+
+Generate with the model read from S3, SIGKILL the run (driver and its local Ray) mid-way, resume, verify,
+and compare the bytes with the same job on local disk. Bad buckets and refused credentials: one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import boto3
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import S3_CREDENTIALS
+from synthgen import storage
+from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from synthgen.cli import app
+from synthgen.engine import RunConfig, run
+from synthgen.verify import verify_dataset
+
+BUCKET = "synthgen-test"
+runner = CliRunner()
+
+
+def endpoint_query(endpoint: str) -> str:
+    return f"endpoint_override={endpoint.removeprefix('http://')}&scheme=http"
+
+
+@pytest.fixture
+def aws_env(monkeypatch, s3_server) -> dict:
+    """Credentials in this process (for in-process checks) and a full environment for subprocesses."""
+    for key, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, **S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": s3_server, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def bucket_with_model(s3_server, tiny_checkpoint) -> str:
+    """Create the bucket and upload the tiny checkpoint; returns the model's URI (endpoint in the query)."""
+    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        with open(os.path.join(tiny_checkpoint, name), "rb") as f:
+            client.put_object(Bucket=BUCKET, Key=f"models/tiny/{name}", Body=f.read())
+    return f"s3://{BUCKET}/models/tiny?{endpoint_query(s3_server)}"
+
+
+def keys(s3_server: str, prefix: str) -> list[str]:
+    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def committed_shards(uri: str) -> int:
+    loc = storage.locate(uri)
+    path = loc.join("manifest.json")
+    try:
+        return len(json.loads(storage.read_bytes(loc, path))["shards"]) if storage.exists(loc, path) else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def test_generate_sigkill_resume_verify_on_s3(s3_server, bucket_with_model, aws_env, tiny_checkpoint, tmp_path,
+                                              ray_local):
+    out = f"s3://{BUCKET}/datasets/ds"  # the endpoint comes from AWS_ENDPOINT_URL_S3, as for any AWS tool
+    query_out = f"{out}?{endpoint_query(s3_server)}"  # the same place, for this process
+    args = ["run", "--count", "4000", "--shard-size", "200", "--batch-size", "50", "--seed", "3",
+            "--model", bucket_with_model, "--out", out, "--gpus", "0", "--workers", "1", "--no-progress"]
+    driver = subprocess.Popen([sys.executable, "-m", "synthgen", *args], env=aws_env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while committed_shards(query_out) < 2:
+        assert driver.poll() is None, driver.communicate()[1].decode()[-3000:]
+        assert time.time() < deadline, "no shard was committed"
+        time.sleep(0.1)
+    tree = psutil.Process(driver.pid).children(recursive=True)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    for proc in psutil.wait_procs(tree, timeout=15)[1]:
+        proc.kill()
+
+    report = verify_dataset(query_out)
+    assert not report.ok and 0 < report.rows < 4000 and "incomplete" in report.problems[0]
+    for key in keys(s3_server, "datasets/ds/data/"):  # whatever has a final name is a whole shard
+        name = key.rsplit("/", 1)[-1]
+        if name and not name.startswith(storage.TMP_PREFIX):  # not the directory marker, not a temporary
+            loc = storage.locate(query_out)
+            with loc.fs.open_input_file(loc.join("data", name)) as f:
+                assert pq.read_metadata(f).num_rows == 200, key
+
+    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").put_object(
+        Bucket=BUCKET, Key=f"datasets/ds/data/{storage.TMP_PREFIX}0123456789ab-shard-00019.parquet", Body=b"half")
+    again = subprocess.run([sys.executable, "-m", "synthgen", *args], env=aws_env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    made = int(re.search(r"done: (\d+) new images \(4000 in the dataset\)", again.stdout).group(1))
+    assert made == 4000 - report.rows
+    verified = subprocess.run([sys.executable, "-m", "synthgen", "verify", out], env=aws_env, capture_output=True,
+                              text=True, timeout=120)
+    assert verified.returncode == 0 and "4000 rows in 20 shards" in verified.stdout, verified.stderr
+    assert not [k for k in keys(s3_server, "datasets/ds/") if f"/{storage.TMP_PREFIX}" in k]  # cleaned up
+
+    # The same job on local disk gives the same bytes, shard by shard.
+    local = tmp_path / "local"
+    run(RunConfig(count=4000, out=str(local), model=tiny_checkpoint, shard_size=200, batch_size=50, seed=3,
+                  gpus=0, workers=1, progress=False))
+    loc = storage.locate(query_out)
+    on_s3 = json.loads(storage.read_bytes(loc, loc.join("manifest.json")))
+    on_disk = json.loads((local / "manifest.json").read_text())
+    assert [s["sha256"] for s in on_s3["shards"]] == [s["sha256"] for s in on_disk["shards"]]
+    assert on_s3["model"]["fingerprint"] == on_disk["model"]["fingerprint"]
+    assert on_s3["model"]["source"] == bucket_with_model
+
+    shown = runner.invoke(app, ["show", query_out, "--index", "3210"])
+    assert shown.exit_code == 0 and "identical PNG bytes" in shown.output, shown.output
+
+
+def test_a_failed_write_leaves_nothing_under_the_final_name(bucket_with_model, aws_env, s3_server):
+    loc = storage.locate(f"s3://{BUCKET}/atomic?{endpoint_query(s3_server)}")
+    with pytest.raises(RuntimeError):
+        with storage.open_atomic(loc, loc.join("data", "shard.parquet")) as out:
+            out.write(b"half a shard")
+            raise RuntimeError("the actor died")
+    assert keys(s3_server, "atomic/") in ([], ["atomic/data/"])  # at most an empty directory marker
+    storage.write_bytes_atomic(loc, loc.join("data", "whole.bin"), b"all of it")
+    assert storage.read_bytes(loc, loc.join("data", "whole.bin")) == b"all of it"
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_missing_bucket_and_refused_credentials_are_one_line(s3_server, s3_server_refusing, aws_env,
+                                                             bucket_with_model, tiny_checkpoint):
+    base = ["run", "--count", "10", "--gpus", "0", "--workers", "1", "--no-progress"]
+    missing = f"s3://no-such-bucket/ds?{endpoint_query(s3_server)}"
+    line = one_line_error(runner.invoke(app, [*base, "--model", tiny_checkpoint, "--out", missing]))
+    assert line.startswith(f"error: --out {missing}: cannot write there") and "bucket does not exist" in line
+
+    refusing = endpoint_query(s3_server_refusing)
+    line = one_line_error(runner.invoke(app, [*base, "--model", tiny_checkpoint,
+                                              "--out", f"s3://{BUCKET}/ds?{refusing}"]))
+    assert "cannot use it" in line and "ACCESS_DENIED" in line
+    line = one_line_error(runner.invoke(app, ["verify", f"s3://{BUCKET}/ds?{refusing}"]))
+    assert "cannot read it" in line and "ACCESS_DENIED" in line
+    line = one_line_error(runner.invoke(app, [*base, "--model", f"s3://{BUCKET}/models/tiny?{refusing}",
+                                              "--out", f"s3://{BUCKET}/ds2?{endpoint_query(s3_server)}"]))
+    assert "config.json: cannot read" in line and "ACCESS_DENIED" in line
+    assert not keys(s3_server, "ds")  # nothing was written anywhere
+
+
+def test_fsspec_filesystems_work_through_pyarrow_and_unknown_schemes_are_one_line():
+    pytest.importorskip("fsspec")
+    from synthgen.errors import SynthgenError
+
+    loc = storage.locate("memory://synthgen-test/ds")  # not a pyarrow filesystem: fsspec's, wrapped
+    with pytest.raises(RuntimeError):
+        with storage.open_atomic(loc, loc.join("data", "a.bin")) as out:
+            out.write(b"half")
+            raise RuntimeError("failed midway")
+    assert storage.list_files(loc, loc.root, recursive=True) == []
+    with storage.open_atomic(loc, loc.join("data", "b.bin")) as out:
+        out.write(b"whole")
+    assert storage.read_bytes(loc, loc.join("data", "b.bin")) == b"whole"
+    assert [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.join("data"))] == ["b.bin"]
+    with pytest.raises(SynthgenError, match="nosuchscheme://x/y: "):
+        storage.locate("nosuchscheme://x/y")
