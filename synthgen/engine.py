@@ -9,8 +9,10 @@ shard's bytes depend only on its indices, a retried or resumed shard is identica
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -334,8 +336,8 @@ def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
     gpus = total_gpus if config.gpus is None else config.gpus
     if gpus < 0:
         raise SynthgenError(f"--gpus must be >= 0, got {gpus}")
-    if gpus > total_gpus:
-        raise SynthgenError(f"--gpus {gpus}: the cluster has {total_gpus} GPU(s) and {total_cpus} CPU(s)")
+    if gpus > total_gpus:  # fails fast, unless an autoscaler can add GPU nodes: then waits for them
+        total_gpus, total_cpus = _wait_for_gpus(gpus, total_gpus, total_cpus)
     if gpus:
         if config.actors_per_gpu < 1:
             raise SynthgenError(f"--actors-per-gpu must be >= 1, got {config.actors_per_gpu}")
@@ -351,3 +353,54 @@ def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
     threads = int(max(1, min(largest, total_cpus // workers)))
     cpus = float(threads) if workers * threads <= total_cpus else total_cpus / workers
     return {"num_cpus": cpus, "num_gpus": 0}, workers, threads
+
+
+AUTOSCALE_TIMEOUT_S = float(os.environ.get("SYNTHGEN_AUTOSCALE_TIMEOUT_S", 1200))  # GPU nodes boot in minutes
+
+
+def _wait_for_gpus(gpus: int, have: int, cpus: int) -> tuple[int, int]:
+    """Ask the cluster's autoscaler for ``gpus`` GPUs and wait for them; without one, refuse at once.
+
+    Returns:
+        The cluster's GPUs and CPUs once it has enough GPUs.
+    """
+    if not _autoscaler_can_add_nodes():
+        raise SynthgenError(f"--gpus {gpus}: the cluster has {have} GPU(s) and {cpus} CPU(s)")
+    from ray.autoscaler.sdk import request_resources
+
+    def say(message: str) -> None:
+        print(f"--gpus {gpus}: {message}", file=sys.stderr, flush=True)
+
+    say(f"the cluster has {have} GPU(s); asked its autoscaler for more, waiting up to {AUTOSCALE_TIMEOUT_S:.0f} s")
+    request_resources(bundles=[{"GPU": 1}] * gpus)
+    start = time.monotonic()
+    try:
+        while have < gpus:
+            waited = time.monotonic() - start
+            if waited >= AUTOSCALE_TIMEOUT_S:
+                raise SynthgenError(f"--gpus {gpus}: the autoscaler brought only {have} GPU(s) in {waited:.0f} s; "
+                                    "see `ray status` on the head (max_workers, instance quotas)")
+            time.sleep(2)
+            resources = ray.cluster_resources()
+            now, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+            if now != have:
+                say(f"{now} GPU(s) after {time.monotonic() - start:.0f} s")
+            have = now
+    finally:
+        request_resources(bundles=[])  # the actors' own demand holds the nodes from here on
+    return have, cpus
+
+
+def _autoscaler_can_add_nodes() -> bool:
+    """Whether an autoscaler with node types to launch runs, not just the read-only monitor of `ray start`."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if _internal_kv_get("__autoscaler_v2_enabled", namespace="__autoscaler") == b"1":
+            return True
+        status = _internal_kv_get("__autoscaling_status")  # written by the v1 monitor
+        mapping = json.loads(status)["autoscaler_report"]["node_type_mapping"] if status else {}
+    except Exception:  # no status yet, or another format: treat the cluster as fixed
+        return False
+    # The read-only monitor names each node's type after the node; a real config names its own types.
+    return any(node_type != f"node_{node_id}" for node_id, node_type in (mapping or {}).items())
