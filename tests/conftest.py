@@ -111,6 +111,10 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     log.close()
 
 
+# --- A real two-node Ray cluster with a job server (dashboard), token authentication on, for the cluster
+# path (tests/test_cluster.py). Every node is a `ray start --block` in its own process group; teardown stops
+# exactly those processes and whatever they spawned (job drivers run in sessions of their own).
+
 def _free_ports(n: int) -> list[int]:
     import socket
 
@@ -122,6 +126,130 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+class RayNode:
+    """One `ray start --block` process (a head or a joining node) and the process tree it grows."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path):
+        import os
+        import subprocess
+        import sys
+
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", *args], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ray start exited: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM `ray start` (it stops its processes in order: a few seconds, where SIGTERM to the whole
+        group leaves the GCS and raylet shutting down for ~30 s), then kill whatever of its tree outlived it."""
+        import contextlib
+        import os
+        import signal
+        import subprocess
+
+        import psutil
+
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        self.log.close()
+
+
+class RayCluster:
+    """What tests need to reach the cluster: its job server URL and a client environment holding its token."""
+
+    def __init__(self, url: str, gcs: str, env: dict, token: str, nodes: list[RayNode]):
+        self.url, self.gcs, self.env, self.token, self.nodes = url, gcs, env, token, nodes
+
+    def nodes_alive(self) -> int:
+        import requests
+
+        r = requests.get(f"{self.url}/api/v0/nodes", headers={"Authorization": f"Bearer {self.token}"},
+                         timeout=10)
+        if r.status_code != 200:
+            return 0
+        return sum(1 for n in r.json()["data"]["result"]["result"] if n["state"] == "ALIVE")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A head (1 CPU, job server on its own port) and a second node (1 CPU) on 127.0.0.1, token auth on.
+
+    The head starts with Ray's defaults for authentication: it finds a token (RAY_AUTH_TOKEN_PATH, a file
+    made here) and turns token authentication on; the joining node gets RAY_AUTH_MODE=token as Ray requires.
+    ``env`` is a client environment that finds the token the same way, via RAY_AUTH_TOKEN_PATH.
+    """
+    import os
+    import secrets
+    import shutil
+    import sys
+    import tempfile
+    import time
+
+    import requests
+
+    root = tmp_path_factory.mktemp("raycluster")
+    ray_temp = tempfile.mkdtemp(prefix="sgray-")  # short: Ray's unix socket paths must fit in 107 bytes
+    token = secrets.token_hex(32)
+    (root / "auth_token").write_text(token)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    env.update(RAY_AUTH_TOKEN_PATH=str(root / "auth_token"), RAY_USAGE_STATS_ENABLED="0",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    gcs, dash, agent, metrics, client, agent2, metrics2 = _free_ports(7)
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000",
+              "--min-worker-port=0", "--max-worker-port=0"]
+    head = RayNode(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+                    f"--ray-client-server-port={client}", f"--temp-dir={ray_temp}", *common],
+                   env, root / "head.log")
+    nodes = [head]
+    cluster = RayCluster(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", env, token, nodes)
+    try:
+        deadline = time.time() + 120
+        while True:
+            head.check_alive()
+            try:
+                if requests.get(f"{cluster.url}/api/version", timeout=5).status_code in (200, 401):
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "the head's job server did not come up"
+            time.sleep(0.5)
+        worker = RayNode([f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={agent2}",
+                          f"--metrics-export-port={metrics2}", *common],
+                         {**env, "RAY_AUTH_MODE": "token"}, root / "worker.log")
+        nodes.append(worker)
+        while cluster.nodes_alive() < 2:
+            worker.check_alive()
+            assert time.time() < deadline, "the second node did not join"
+            time.sleep(0.5)
+        yield cluster
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 # --- A real S3-compatible server on 127.0.0.1 (moto's standalone server), for object storage tests.

@@ -40,8 +40,12 @@ def run(
     workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs "
                                                         "(default: one per 4 CPUs).")] = None,
     actors_per_gpu: Annotated[int, typer.Option(help="Actors sharing each GPU.")] = 1,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (host:port or ray://...); "
-                                                        "default: start a local one.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster: http(s)://HEAD:8265 submits a Ray job "
+                                                        "(see `synthgen jobs`); host:port or ray://... joins it "
+                                                        "from here; default: RAY_ADDRESS, else a local one.")
+                       ] = None,
+    detach: Annotated[bool, typer.Option(help="With an http(s):// address: print the job id and return at once "
+                                              "instead of following the job.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset of other settings at --out.")] = False,
     allow_custom_arch: Annotated[bool, typer.Option(help="Allow importing a checkpoint's package.module:factory "
                                                          "architecture (runs its code).")] = False,
@@ -55,6 +59,14 @@ def run(
                        shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size, precision=precision, gpus=gpus, workers=workers,
                        actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
                        allow_import=allow_custom_arch, progress=progress)
+    from synthgen.submit import job_server, submit_run
+
+    if job_server(address):
+        with user_errors():
+            code = submit_run(config, detach=detach)
+        raise typer.Exit(code)
+    if detach:
+        fail("--detach needs a job server: --address http://HEAD:8265 (or RAY_ADDRESS set to one)")
     with user_errors():
         try:
             summary = run_job(config)

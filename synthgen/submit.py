@@ -1,0 +1,444 @@
+"""The cluster path: submit ``synthgen run`` as a Ray Job, follow it, and what the job runs on the cluster.
+
+``synthgen run --address http://HEAD:8265`` (or ``RAY_ADDRESS=http://HEAD:8265``) comes here instead of
+calling :func:`synthgen.engine.run` in-process. :func:`submit_run` stages a small working_dir (this synthgen
+package, ``jobs/generate.py``, ``job.json`` = the RunConfig, and a local checkpoint's two files), submits
+``python jobs/generate.py --config job.json`` through :class:`ray.job_submission.JobSubmissionClient`,
+prints the job id and streams the job's logs until it ends. A model given as a URI (``s3://...``) is read
+by the cluster itself, with the cluster's credentials. ``synthgen jobs list|status|logs|stop`` use the same
+client. On the cluster, ``jobs/generate.py`` calls :func:`run_job_file`, which turns ``job.json`` back
+into a RunConfig and calls the engine there (where ``RAY_ADDRESS`` points at the cluster).
+
+This module is the client side of the cluster path; besides :mod:`synthgen.engine` it is the only one that
+imports ray, and only inside functions, so the CLI starts fast.
+
+Token authentication: Ray 2.60 heads reject job-server requests without the cluster's token. The token is
+found the way Ray's own clients find it: ``RAY_AUTH_TOKEN``, else the file named by
+``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``; it is sent as ``Authorization: Bearer ...``. Nothing
+here ever turns a cluster's authentication off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, TextIO
+
+from synthgen import __version__, storage
+from synthgen.errors import SynthgenError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthgen.engine import RunConfig
+
+JOB_FILE = "job.json"
+ENTRYPOINT = f"python jobs/generate.py --config {JOB_FILE}"
+DEFAULT_TOKEN_PATH = "~/.ray/auth_token"
+WORKING_DIR_LIMIT = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE (max gRPC message); read from ray when there
+JOB_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "5"}  # prompt logs, a progress line every 5 s
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+STOP_WAIT_S = 60.0
+
+# What `python jobs/generate.py` does when synthgen is installed without its source tree (no jobs/ there).
+_ENTRYPOINT_STUB = '''"""synthgen job entrypoint (written by synthgen.submit; see jobs/generate.py in synthgen's source)."""
+import sys
+
+from synthgen.submit import entrypoint_main
+
+sys.exit(entrypoint_main())
+'''
+
+
+# --- addresses and authentication ------------------------------------------------------------------
+
+
+def job_server(address: str | None) -> str | None:
+    """The job server URL when ``address`` (or, without one, ``RAY_ADDRESS``) is http(s)://; else None."""
+    candidate = address if address else os.environ.get("RAY_ADDRESS", "")
+    if candidate.startswith(("http://", "https://")):
+        return candidate.rstrip("/")
+    return None
+
+
+def require_job_server(address: str | None) -> str:
+    url = job_server(address)
+    if url is None:
+        given = f"--address {address}" if address else "no --address and no http(s):// RAY_ADDRESS"
+        raise SynthgenError(f"{given}: jobs live on a Ray job server; give --address http://HEAD:8265 "
+                            "(the head's dashboard port) or set RAY_ADDRESS to it")
+    return url
+
+
+def find_token() -> tuple[str, str] | None:
+    """The cluster token and where it came from, looked up in the order Ray's own clients use.
+
+    ``RAY_AUTH_TOKEN``; else the file at ``RAY_AUTH_TOKEN_PATH`` (which must then be readable, as in Ray);
+    else ``~/.ray/auth_token`` if it exists. None when there is no token anywhere.
+    """
+    value = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if value:
+        return value, "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    if path:
+        try:
+            value = Path(path).expanduser().read_text().strip()
+        except OSError as err:
+            raise SynthgenError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read a token there "
+                                f"({err.strerror or err})") from None
+        if not value:
+            raise SynthgenError(f"RAY_AUTH_TOKEN_PATH={path}: the file is empty")
+        return value, f"RAY_AUTH_TOKEN_PATH={path}"
+    default = Path(DEFAULT_TOKEN_PATH).expanduser()
+    with contextlib.suppress(OSError):
+        value = default.read_text().strip()
+        if value:
+            return value, DEFAULT_TOKEN_PATH
+    return None
+
+
+def _auth_message(address: str, token: tuple[str, str] | None) -> str:
+    how = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put "
+           "it in ~/.ray/auth_token (`ray get-auth-token` on the head prints it)")
+    if token is None:
+        return f"{address} requires a Ray auth token and none was found: {how}"
+    return f"{address} refused the auth token from {token[1]}: {how}"
+
+
+@contextlib.contextmanager
+def _job_server_errors(address: str, token: tuple[str, str] | None, job_id: str | None = None) -> Iterator[None]:
+    """Turn the job client's exceptions into one-line SynthgenErrors."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError:
+        raise SynthgenError(_auth_message(address, token)) from None
+    except RuntimeError as err:
+        text = _first_line(err)
+        if job_id and "status code 404" in text:
+            raise SynthgenError(f"no job {job_id} on {address} (`synthgen jobs list --address {address}` "
+                                "shows its jobs)") from None
+        raise SynthgenError(f"{address}: {text}") from None
+    except (ConnectionError, OSError) as err:  # requests' errors are OSErrors too
+        raise SynthgenError(f"cannot reach the Ray job server at {address} ({_first_line(err)}); is the "
+                            "cluster up and its dashboard port reachable (`ray dashboard cluster.yaml` "
+                            "forwards it to http://127.0.0.1:8265)?") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+class JobServer:
+    """A connected job client plus the address and token it uses, for messages."""
+
+    def __init__(self, address: str | None):
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = require_job_server(address)
+        self.token = find_token()
+        headers = {"Authorization": f"Bearer {self.token[0]}"} if self.token else {}
+        _quiet_ray_client_logs()
+        with self.errors():
+            self.client = JobSubmissionClient(self.address, headers=headers)
+
+    def errors(self, job_id: str | None = None):
+        return _job_server_errors(self.address, self.token, job_id)
+
+    def info(self, job_id: str):
+        with self.errors(job_id):
+            return self.client.get_job_info(job_id)
+
+    def list(self) -> list:
+        with self.errors():
+            jobs = self.client.list_jobs()
+        return sorted(jobs, key=lambda j: j.start_time or 0)
+
+    def logs(self, job_id: str) -> str:
+        with self.errors(job_id):
+            return self.client.get_job_logs(job_id)
+
+    def stop(self, job_id: str, wait_s: float = STOP_WAIT_S) -> tuple[bool, str]:
+        """Ask the job to stop; wait up to ``wait_s`` for it to end. Returns (was running, final status)."""
+        with self.errors(job_id):
+            was_running = self.client.stop_job(job_id)
+        return was_running, self.wait(job_id, wait_s)
+
+    def wait(self, job_id: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = str(self.info(job_id).status.value)
+            if status in TERMINAL or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.5)
+
+    def follow(self, job_id: str, out: TextIO) -> str:
+        """Copy the job's logs to ``out`` as they come, until it ends; returns its final status."""
+        self.info(job_id)  # a job that does not exist: one line, not a websocket error
+        printed = [0]
+        try:
+            self._tail(job_id, out, printed)
+        except Exception:  # the log stream broke (aiohttp, a proxy without websockets): poll instead
+            pass
+        printed = printed[0]
+        while (status := str(self.info(job_id).status.value)) not in TERMINAL:
+            text = self.logs(job_id)
+            out.write(text[printed:])
+            out.flush()
+            printed = len(text)
+            time.sleep(2)
+        text = self.logs(job_id)
+        if len(text) > printed:
+            out.write(text[printed:])
+            out.flush()
+        return status
+
+    def _tail(self, job_id: str, out: TextIO, printed: list[int]) -> None:
+        import asyncio
+
+        async def tail() -> None:
+            async for chunk in self.client.tail_job_logs(job_id):
+                out.write(chunk)
+                out.flush()
+                printed[0] += len(chunk)
+
+        asyncio.run(tail())
+
+    def failure(self, job_id: str) -> str:
+        """Why a job failed, in one line: its last ``error:`` line, else the job server's message."""
+        with contextlib.suppress(SynthgenError):
+            for line in reversed(self.logs(job_id).splitlines()):
+                if line.startswith("error: "):
+                    return line.removeprefix("error: ").strip()
+        message = self.info(job_id).message or "no message"
+        return _first_line(Exception(message))
+
+
+def _quiet_ray_client_logs() -> None:
+    import logging
+
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# --- submission --------------------------------------------------------------------------------------
+
+
+def submit_run(config: RunConfig, detach: bool = False, out: TextIO | None = None,
+               err: TextIO | None = None) -> int:
+    """Submit ``config`` as a Ray Job to the job server at ``config.address`` (or RAY_ADDRESS).
+
+    Prints the job id; unless ``detach``, streams the job's logs until it ends. Ctrl-C asks whether to stop
+    the job (with no terminal to ask on, it leaves the job running and says how to stop it).
+
+    Returns:
+        The exit status for the CLI: 0 when the job succeeded (or was detached), 130 after Ctrl-C.
+
+    Raises:
+        SynthgenError: bad settings, an unreachable or refusing cluster, or a job that failed.
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    check_submittable(config)
+    job_id = f"synthgen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="synthgen-job-") as tmp:
+        staged = stage_job(config, Path(tmp))  # checks the model before anything goes over the network
+        server = JobServer(config.address)
+        runtime_env = {"working_dir": tmp, "env_vars": dict(JOB_ENV)}
+        metadata = {"synthgen_version": __version__, "count": str(config.count), "out": config.out,
+                    "model": config.model or "(bundled default)"}
+        try:
+            with server.errors():
+                server.client.submit_job(entrypoint=ENTRYPOINT, submission_id=job_id,
+                                         runtime_env=runtime_env, metadata=metadata)
+        except KeyboardInterrupt:
+            err.write(f"\ninterrupted while submitting; job {job_id} may have started: "
+                      f"{_hints(server.address, job_id)}\n")
+            return 130
+    out.write(f"job {job_id}\n")
+    out.flush()
+    err.write(f"submitted job {job_id} to {server.address}: {staged.count} images -> {staged.out}\n")
+    if detach:
+        err.write(f"{_hints(server.address, job_id)}\n")
+        return 0
+    err.write("following its logs (Ctrl-C to stop following)\n")
+    err.flush()
+    try:
+        status = server.follow(job_id, out)
+    except KeyboardInterrupt:
+        return _interrupted(server, job_id, err)
+    if status == "SUCCEEDED":
+        err.write(f"job {job_id} succeeded\n")
+        return 0
+    if status == "STOPPED":
+        raise SynthgenError(f"job {job_id} was stopped; committed shards are kept in {config.out}: "
+                            "run the same command again to resume")
+    raise SynthgenError(f"job {job_id} failed: {server.failure(job_id)}")
+
+
+def _hints(address: str, job_id: str) -> str:
+    return (f"follow it with `synthgen jobs logs {job_id} --follow --address {address}`, "
+            f"stop it with `synthgen jobs stop {job_id} --address {address}`")
+
+
+def _interrupted(server: JobServer, job_id: str, err: TextIO) -> int:
+    answer = ""
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            answer = input(f"\nstop job {job_id} on the cluster? [y/N] ")
+        except (KeyboardInterrupt, EOFError):
+            answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        _, status = server.stop(job_id)
+        err.write(f"job {job_id}: {status}\n")
+        return 130
+    err.write(f"\njob {job_id} is still running on {server.address}; {_hints(server.address, job_id)}\n")
+    return 130
+
+
+def check_submittable(config: RunConfig) -> None:
+    """Refuse, before anything is uploaded, settings that cannot work on a remote cluster."""
+    from synthgen.plan import check_counts, check_precision, check_seed
+    from synthgen.writers import FORMATS
+
+    check_counts(config.count, config.shard_size)
+    check_seed(config.seed)
+    check_precision(config.precision)
+    if config.format not in FORMATS:
+        raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
+    if config.batch_size < 1:
+        raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if not storage.is_uri(config.out) and not os.path.isabs(config.out):
+        raise SynthgenError(f"--out {config.out}: a relative path means nothing on the cluster; give an "
+                            "object-store URI (s3://bucket/prefix) or an absolute path on a filesystem "
+                            "every node shares")
+    if config.gpus is not None and config.gpus < 0:
+        raise SynthgenError(f"--gpus must be >= 0, got {config.gpus}")
+
+
+def stage_job(config: RunConfig, dest: Path) -> RunConfig:
+    """Lay out the job's working_dir in ``dest``; returns the RunConfig written to ``job.json``.
+
+    ``dest`` gets ``synthgen/`` (this package's source, no caches), ``jobs/generate.py``, ``job.json`` and,
+    for a local checkpoint, ``model/<its name>/`` with its config and weights (training state stays behind).
+    Refuses a working_dir over Ray's upload limit.
+    """
+    import synthgen
+    from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, bundled_models, inspect_checkpoint, read_config
+    from synthgen.plan import parse_label_plan
+
+    package = Path(synthgen.__file__).resolve().parent
+    shutil.copytree(package, dest / "synthgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    (dest / "jobs").mkdir()
+    entry = package.parent / "jobs" / "generate.py"
+    if entry.is_file():
+        shutil.copyfile(entry, dest / "jobs" / "generate.py")
+    else:
+        (dest / "jobs" / "generate.py").write_text(_ENTRYPOINT_STUB)
+    model = config.model
+    if model is None or model in bundled_models():
+        parse_label_plan(config.labels, read_config(model).class_names)
+    elif not storage.is_uri(model):  # a local checkpoint: checked here, before anything is uploaded
+        parse_label_plan(config.labels, inspect_checkpoint(model)[0].class_names)
+        shipped = Path("model") / (Path(model).resolve().name or "checkpoint")
+        (dest / shipped).mkdir(parents=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copyfile(Path(model) / name, dest / shipped / name)
+        model = shipped.as_posix()  # relative to the job's working directory on the cluster
+    job = dataclasses.replace(config, model=model, address=None)
+    (dest / JOB_FILE).write_text(json.dumps(dataclasses.asdict(job), indent=1, sort_keys=True) + "\n")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    limit = _working_dir_limit()
+    if size >= limit:
+        raise SynthgenError(f"the job's working_dir (synthgen + model) is {size / 2**20:.0f} MiB, over Ray's "
+                            f"{limit / 2**20:.0f} MiB upload limit; put the checkpoint in object storage and "
+                            "pass --model s3://bucket/path")
+    return job
+
+
+def _working_dir_limit() -> int:
+    try:
+        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
+    except ImportError:  # pragma: no cover - a ray without it
+        return WORKING_DIR_LIMIT
+    return int(GCS_STORAGE_MAX_SIZE)
+
+
+# --- on the cluster: what jobs/generate.py runs ------------------------------------------------------
+
+
+def load_job_file(path: str) -> RunConfig:
+    """Read ``job.json`` (RunConfig fields; only ``count`` is required) into a RunConfig."""
+    from synthgen.engine import RunConfig
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise SynthgenError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SynthgenError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict) or "count" not in raw:
+        raise SynthgenError(f"{path}: expected a JSON object of synthgen run settings with at least \"count\"")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SynthgenError(f"{path}: unknown settings {', '.join(unknown)} (written by another synthgen "
+                            f"version? this is {__version__})")
+    raw["address"] = None  # the job runs inside the cluster: the engine joins it through RAY_ADDRESS
+    return RunConfig(**raw)
+
+
+def run_job_file(path: str) -> int:
+    """Run the generation that ``job.json`` at ``path`` describes, on the cluster this process is in.
+
+    Returns:
+        0 when the dataset is complete; 1 (after an ``error:`` line on stderr) when it is not.
+    """
+    from synthgen.engine import run
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `jobs stop`: save the manifest, stop actors
+    try:
+        config = load_job_file(path)
+        print(f"synthgen {__version__}: {config.count} images -> {config.out} "
+              f"(model {config.model or 'bundled default'})", flush=True)
+        summary = run(config)
+    except SynthgenError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("error: stopped; committed shards are kept: submit the same run again to resume",
+              file=sys.stderr, flush=True)
+        return 1
+    if summary.actors:
+        gpus = f" holding GPUs {summary.gpu_ids}" if any(summary.gpu_ids) else ""
+        print(f"ran {summary.actors} actor(s) on {summary.device}{gpus}")
+    print(f"done: {summary.generated} new images ({summary.total} in the dataset), {summary.bytes} bytes, "
+          f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {config.out}",
+          flush=True)
+    return 0
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def entrypoint_main(argv: list[str] | None = None) -> int:
+    """``python jobs/generate.py --config job.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="jobs/generate.py", description=(
+        "Generate a synthgen dataset inside a Ray job (Ray sets RAY_ADDRESS). The config is a JSON object "
+        "of `synthgen run` settings (RunConfig fields), e.g. {\"count\": 100000, \"out\": \"s3://b/ds\", "
+        "\"gpus\": 8}."))
+    parser.add_argument("--config", required=True, help="Path of job.json.")
+    args = parser.parse_args(argv)
+    return run_job_file(args.config)
