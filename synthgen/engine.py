@@ -49,7 +49,7 @@ class RunConfig:
     shard_size: int = 10_000
     seed: int = 0
     labels: str | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU
     precision: str = "fp32"
     gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
     workers: int | None = None  # CPU actors when running without GPUs; None = one per 4 CPUs
@@ -110,7 +110,7 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
     if config.format not in FORMATS:
         raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
     check_precision(config.precision)
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.encoding not in ENCODINGS or (config.format == "png" and config.encoding != "png"):
         raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "

@@ -315,7 +315,7 @@ def check_submittable(config: RunConfig) -> None:
     check_precision(config.precision)
     if config.format not in FORMATS:
         raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
     if not storage.is_uri(config.out) and not os.path.isabs(config.out):
         raise SynthgenError(f"--out {config.out}: a relative path means nothing on the cluster; give an "

@@ -27,6 +27,7 @@ from synthgen.writers import ShardWriter
 
 
 MAX_PENDING_BATCHES = 2
+CPU_BATCH, GPU_BATCH = 256, 2048
 
 
 def pick_device(device: str) -> str:
@@ -44,6 +45,7 @@ class ShardGenerator:
         self.config = config
         self.device = pick_device(config.device)
         make_deterministic(self.device)
+        self.batch_size = config.batch_size or (GPU_BATCH if self.device.startswith("cuda") else CPU_BATCH)
         ckpt = load_checkpoint(config.model, device=self.device, allow_import=config.allow_import)
         if ckpt.fingerprint != config.fingerprint:
             raise SynthgenError(f"{config.model}: the model changed since the job started "
@@ -54,16 +56,25 @@ class ShardGenerator:
         self.loc = storage.locate(config.out)
         self.encode_threads = config.encode_threads or config.threads or len(os.sched_getaffinity(0))
         self.encoder = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="synthgen-encode")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One padded batch, so kernel selection and JIT happen here, before the first shard is timed."""
+        indices = np.zeros(1, dtype=np.int64)
+        images = generate(self.model, image_seeds(self.config.seed, indices), self.label_plan.labels(indices),
+                          batch_size=self.batch_size, precision=self.config.precision,
+                          latent_dim=self.latent_dim)
+        encode_pngs(images)
 
     def __call__(self, spec: ShardSpec) -> ShardRecord:
         writer = ShardWriter(self.loc, self.config.layout, spec)
         pending: deque = deque()
         try:
-            for start in range(spec.start, spec.stop, self.config.batch_size):
-                indices = np.arange(start, min(start + self.config.batch_size, spec.stop), dtype=np.int64)
+            for start in range(spec.start, spec.stop, self.batch_size):
+                indices = np.arange(start, min(start + self.batch_size, spec.stop), dtype=np.int64)
                 seeds = image_seeds(self.config.seed, indices)
                 labels = self.label_plan.labels(indices)
-                images = generate(self.model, seeds, labels, batch_size=self.config.batch_size,
+                images = generate(self.model, seeds, labels, batch_size=self.batch_size,
                                   precision=self.config.precision, latent_dim=self.latent_dim)
                 pending.append((indices, seeds, labels, self._encode(images)))
                 if len(pending) >= MAX_PENDING_BATCHES:

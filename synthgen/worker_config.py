@@ -17,7 +17,7 @@ class WorkerConfig:
     layout: Layout
     seed: int
     labels: dict  # LabelPlan.to_json()
-    batch_size: int = 256
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU (enough rows to keep it busy)
     precision: str = "fp32"
     device: str = "auto"  # auto = cuda when this process sees a GPU
     threads: int = 0  # torch intra-op threads; 0 = torch's default

@@ -68,47 +68,36 @@ def ray_local():
 def ray_head(tmp_path_factory: pytest.TempPathFactory):
     """A real head node on 127.0.0.1 with 2 CPUs and 2 declared GPUs; yields its GCS address.
 
-    Started by ``ray start --head --block`` in its own process group, and stopped by signalling exactly
-    that group, so no other Ray on the machine is touched.
+    A `ray start --head --block` in its own process group on free ports (GCS, dashboard agent, metrics), with
+    Ray's default authentication; stopping it stops exactly the processes it started.
     """
     import os
-    import signal
+    import shutil
     import socket
-    import subprocess
-    import sys
+    import tempfile
     import time
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    port = free_port()
-    temp_dir = tmp_path_factory.mktemp("rayhead")
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    log = open(temp_dir / "head.log", "w")
-    proc = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--num-gpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start failed: {(temp_dir / 'head.log').read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.5)
-    time.sleep(3)  # the GCS port opens before the raylet has registered the node
-    yield address
-    os.killpg(proc.pid, signal.SIGTERM)
+    gcs, agent, metrics, client = _free_ports(4)
+    root = tmp_path_factory.mktemp("rayhead")
+    ray_temp = tempfile.mkdtemp(prefix="sghead-")  # short: Ray's unix socket paths must fit in 107 bytes
+    head = RayNode(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2", "--num-gpus=2",
+                    "--include-dashboard=false", f"--dashboard-agent-listen-port={agent}",
+                    f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
+                    f"--temp-dir={ray_temp}"], dict(os.environ), root / "head.log")
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+        deadline = time.time() + 90
+        while True:
+            head.check_alive()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", gcs)) == 0:
+                    break
+            assert time.time() < deadline, "the head did not come up"
+            time.sleep(0.5)
+        time.sleep(3)  # the GCS port opens before the raylet has registered the node
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        head.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 # --- A real two-node Ray cluster with a job server (dashboard), token authentication on, for the cluster

@@ -32,7 +32,8 @@ def run(
     labels: Annotated[Optional[str], typer.Option(
         help="Label plan: balanced (default), one class (malignant or 0), or weights (malignant=0.7,normal=0.3)."
     )] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass (does not change the output).")] = 256,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Images per forward pass; does not change the output (default: 256 on CPU, 2048 on a GPU).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); part of the dataset identity."
                                            )] = "fp32",
     gpus: Annotated[Optional[int], typer.Option(help="GPUs to use, one actor each (default: all the cluster "
@@ -56,7 +57,8 @@ def run(
     from synthgen.engine import run as run_job
 
     config = RunConfig(count=count, out=out, model=model, format=format, encoding=encoding,
-                       shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size, precision=precision, gpus=gpus, workers=workers,
+                       shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size,
+                       precision=precision, gpus=gpus, workers=workers,
                        actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
                        allow_import=allow_custom_arch, progress=progress)
     from synthgen.submit import job_server, submit_run
