@@ -6,7 +6,7 @@ In one run on one machine, for each N:
   (b) synthgen run end to end (subprocess; rate while generating, and wall time including Ray start) for each
       precision x encoding, and with 1 and 2 actors;
   (c) bench/ray_data_pipeline.py: ray.data.range(N).map_batches(...).write_parquet(...), fp32 + PNG.
-Memory is sampled every 100 ms over each subprocess tree (driver, Ray's own processes, actors): the peak of
+Memory is sampled every second over each subprocess tree (driver, Ray's own processes, actors): the peak of
 the summed PSS (shared pages split between the processes that map them, so libtorch counts once) and, for
 comparison, of the summed RSS.
 
@@ -90,7 +90,7 @@ class TreeMemory:
             self.peak_driver = max(self.peak_driver, mem.get(self.root.pid, (0, 0, ""))[0])
             actors = [m[0] for m in mem.values() if "ray::" in m[2] and "Generat" in m[2]]
             self.peak_actor = max([self.peak_actor] + actors)
-            time.sleep(0.1)
+            time.sleep(1.0)  # reading smaps costs CPU; sampling often would slow what is measured
 
     def stop(self) -> dict:
         self._stop.set()
@@ -141,8 +141,8 @@ def measure_all(count: int, ckpt, args, scratch: str):
                "images_per_second": raw[precision]}
     ray_data = ray_data_rate(count, args, os.path.join(scratch, "rd"))
     yield {"count": count, "what": "ray data pipeline", "precision": "fp32", "encoding": "png", **ray_data}
-    configs = [(p, e, 1) for p in args.precisions for e in args.encodings]
-    configs += [("fp32", "png", w) for w in args.workers if w != 1]
+    configs = [(p, e, args.workers[0]) for p in args.precisions for e in args.encodings]
+    configs += [("fp32", "png", w) for w in args.workers[1:]]
     for precision, encoding, workers in configs:
         result = synthgen_rate(count, args, os.path.join(scratch, "sg"), precision, encoding, workers)
         yield {"count": count, "what": "synthgen run", "precision": precision, "encoding": encoding,
@@ -158,7 +158,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--encodings", nargs="+", default=["png", "raw"])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="actor counts (fp32, png)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="actor counts; the first is used for every precision x encoding, the rest fp32 png")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 

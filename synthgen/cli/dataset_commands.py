@@ -39,7 +39,7 @@ def run(
     gpus: Annotated[Optional[int], typer.Option(help="GPUs to use, one actor each (default: all the cluster "
                                                      "has; 0 = CPU actors).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs "
-                                                        "(default: one per 4 CPUs).")] = None,
+                                                        "(default: one per CPU, at most 8).")] = None,
     actors_per_gpu: Annotated[int, typer.Option(help="Actors sharing each GPU.")] = 1,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: http(s)://HEAD:8265 submits a Ray job "
                                                         "(see `synthgen jobs`); host:port or ray://... joins it "
