@@ -137,7 +137,7 @@ def test_ctrl_c_leaves_the_job_running_and_jobs_stop_stops_it(ray_cluster, tiny_
         assert client.poll() is None and time.time() < deadline, "the job did not start writing shards"
         time.sleep(0.2)
     client.send_signal(signal.SIGINT)  # Ctrl-C, with no terminal to ask on
-    stdout, stderr = client.communicate(timeout=60)
+    stdout, stderr = client.communicate(timeout=120)
     assert client.returncode == 130, stderr
     job_id = job_id_of(stdout)
     assert f"job {job_id} is still running" in stderr and f"synthgen jobs stop {job_id}" in stderr
