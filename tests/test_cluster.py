@@ -131,7 +131,8 @@ def test_ctrl_c_leaves_the_job_running_and_jobs_stop_stops_it(ray_cluster, tiny_
     out = tmp_path / "long"
     args = run_args(ray_cluster, tiny_checkpoint, out, 2_000_000, 1000, "--no-progress")  # hours: stopped below
     client = subprocess.Popen([sys.executable, "-m", "synthgen", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=ray_cluster.env)
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=ray_cluster.env,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     deadline = time.time() + 180
     while not (out / "manifest.json").exists() or not json.loads((out / "manifest.json").read_text())["shards"]:
         assert client.poll() is None and time.time() < deadline, "the job did not start writing shards"

@@ -18,7 +18,10 @@ def test_sigint_stops_quickly_and_the_rerun_completes(tmp_path, tiny_checkpoint,
     args = [sys.executable, "-m", "synthgen", "run", "--count", "30000", "--shard-size", "100", "--batch-size",
             "64", "--model", tiny_checkpoint, "--out", str(out), "--address", ray_head, "--gpus", "0",
             "--workers", "1", "--no-progress"]
-    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as a foreground process gets it: a shell running the test suite in the background would pass SIGINT
+    # down ignored, and Python keeps an inherited SIG_IGN
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and driver.poll() is None:
         manifest = out / "manifest.json"
