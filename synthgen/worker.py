@@ -102,7 +102,3 @@ class ShardGenerator:
         if isinstance(encoded, list):
             encoded = [png for future in encoded for png in future.result()]
         writer.add(indices, seeds, labels, encoded)
-
-    def ping(self) -> str:
-        """For the engine's start-up check: which device this actor runs on."""
-        return self.device
