@@ -117,7 +117,7 @@ def write_card(loc: storage.Location, manifest: Manifest) -> None:
     training = model.get("training", {})
     files = "data/shard-*.parquet" if job["format"] == "parquet" else "images/<class>/<index>.png + metadata.parquet"
     loader = ('load_dataset("parquet", data_dir="DIR/data", split="train")'
-              if job["format"] == "parquet" else 'load_dataset("imagefolder", data_dir="DIR", split="train")')
+              if job["format"] == "parquet" else 'load_dataset("imagefolder", data_dir="DIR/images", split="train")')
     text = f"""---
 license: cc-by-4.0
 tags: [synthetic, synthgen]

@@ -22,6 +22,14 @@ def breast_npz() -> str:
 
 
 @pytest.fixture(scope="session")
+def breast(breast_npz):
+    """BreastMNIST's training split as an ImageSet (images, labels, class names); do not modify it."""
+    from synthgen.readers import load_images
+
+    return load_images(breast_npz)
+
+
+@pytest.fixture(scope="session")
 def retina_npz() -> str:
     """Path to the real RetinaMNIST file (1080 train images, 28x28 RGB, 5 grades)."""
     path = DATA_DIR / "retinamnist.npz"

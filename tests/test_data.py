@@ -57,11 +57,6 @@ def digest(x: torch.Tensor) -> str:
 
 
 @pytest.fixture(scope="module")
-def breast(breast_npz):
-    return load_images(breast_npz)
-
-
-@pytest.fixture(scope="module")
 def breast_ds(tmp_path_factory, breast) -> Path:
     """546 rows in 11 shards of 50: eleven row groups to split."""
     return write_dataset(tmp_path_factory.mktemp("breast") / "ds", breast.images, breast.labels,

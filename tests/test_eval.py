@@ -18,7 +18,6 @@ from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
 from synthgen.evaluate import EvalConfig, evaluate
-from synthgen.readers import load_images
 from test_data import write_dataset
 
 STEPS = "40"
@@ -35,11 +34,6 @@ def quick(real: str, synthetic: Path, tmp_path: Path, **kw) -> dict:
     kw.setdefault("classifier_steps", int(STEPS))
     config = EvalConfig(real=real, synthetic=str(synthetic), out=str(tmp_path / "report.json"), **kw)
     return evaluate(config)
-
-
-@pytest.fixture(scope="module")
-def breast(breast_npz):
-    return load_images(breast_npz)
 
 
 @pytest.fixture(scope="module")
