@@ -28,13 +28,15 @@ from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoin
 from synthgen.errors import SynthgenError
 from synthgen.imaging import PNG_ENCODER
 from synthgen.output import prepare_output
-from synthgen.plan import (ShardSpec, check_counts, check_precision, check_seed, parse_label_plan,
+from synthgen.plan import (INFERENCE_FORM, ShardSpec, check_counts, check_precision, check_seed, parse_label_plan,
                            plan_shards)
 from synthgen.worker_config import WorkerConfig
 from synthgen.writers import ENCODINGS, FORMATS, Layout, write_png_metadata
 
+# Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
+# take batches first come, first served), so its cores stay busy while one shard drains and commits.
 IN_FLIGHT_PER_ACTOR = 2
-MAX_DEFAULT_WORKERS = 8
+MAX_LANES_PER_ACTOR = 8  # beyond this, lanes of one process start to queue on the GIL between kernels
 MANIFEST_SAVE_INTERVAL_S = 1.0
 
 
@@ -50,10 +52,10 @@ class RunConfig:
     shard_size: int = 10_000
     seed: int = 0
     labels: str | None = None
-    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU (fewer for larger images)
     precision: str = "fp32"
     gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
-    workers: int | None = None  # CPU actors when running without GPUs; None = one per CPU, at most 8
+    workers: int | None = None  # CPU actors when running without GPUs; None = one per node (8 lanes at most)
     actors_per_gpu: int = 1
     address: str | None = None
     overwrite: bool = False
@@ -120,7 +122,8 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
     source = model_reference(config.model)
     plan = parse_label_plan(config.labels, ckpt.class_names)
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
-           "encoding": config.encoding, "precision": config.precision, "labels": plan.to_json(),
+           "encoding": config.encoding, "precision": config.precision, "inference_form": INFERENCE_FORM,
+           "labels": plan.to_json(),
            "png_encoder": PNG_ENCODER if config.encoding == "png" else None}
     model = {"source": source, "fingerprint": fingerprint, "arch": ckpt.arch, "image_shape": ckpt.image_shape,
              "latent_dim": ckpt.latent_dim, "class_names": ckpt.class_names, "training": ckpt.training}
@@ -260,7 +263,8 @@ class _ActorPool:
         self.in_flight: dict = {}
 
     def _new_actor(self):
-        return self.remote_cls.options(**self.options, max_restarts=self.config.max_retries,
+        return self.remote_cls.options(**self.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
+                                       max_restarts=self.config.max_retries,
                                        max_task_retries=self.config.max_retries).remote(self.worker)
 
     def _wait_ready(self) -> tuple[str, list[list[int]]]:
@@ -331,7 +335,7 @@ def _cause(err: Exception) -> str:
 
 
 def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
-    """Ray options, actor count and torch threads per actor; refuses requests the cluster cannot meet."""
+    """Ray options, actor count and lanes (threads) per actor; refuses requests the cluster cannot meet."""
     resources = ray.cluster_resources()
     total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     gpus = total_gpus if config.gpus is None else config.gpus
@@ -345,15 +349,20 @@ def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
         actors = gpus * config.actors_per_gpu
         cpus = min(1.0, total_cpus / actors) if total_cpus else 0
         return {"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, actors, 0
-    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-    # Several lean actors beat one wide one: measured on 2 cores, two 1-thread actors made 3.6k img/s where
-    # one 2-thread actor made 2.7k (its threads stall on each other whenever Ray's daemons take a core).
-    workers = config.workers if config.workers is not None else max(1, min(total_cpus, MAX_DEFAULT_WORKERS))
-    if workers < 1:
-        raise SynthgenError(f"--workers must be >= 1, got {workers}")
-    if total_cpus < 1:
+    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
+    node_cpus = [c for c in node_cpus if c >= 1]
+    if not node_cpus:
         raise SynthgenError("the cluster has no CPUs to run CPU actors on")
-    threads = int(max(1, min(largest, total_cpus // workers)))
+    if config.workers is None:
+        # One process per node (up to 8 lanes each) rather than one per core: each process holds its own
+        # ~300 MiB copy of torch, and lanes in one process use the cores as well as separate processes do.
+        threads = min(MAX_LANES_PER_ACTOR, min(node_cpus))
+        workers = sum(c // threads for c in node_cpus)
+    elif config.workers < 1:
+        raise SynthgenError(f"--workers must be >= 1, got {config.workers}")
+    else:
+        workers = config.workers
+        threads = max(1, min(max(node_cpus), total_cpus // workers))
     cpus = float(threads) if workers * threads <= total_cpus else total_cpus / workers
     return {"num_cpus": cpus, "num_gpus": 0}, workers, threads
 

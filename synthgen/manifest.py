@@ -19,7 +19,9 @@ CARD_FILE = "README.md"
 FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
-IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "labels")
+IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels")
+# What datasets written before a field was recorded did (synthgen 0.1.0 sampled the model as loaded).
+BEFORE_RECORDED = {"inference_form": "plain"}
 
 
 @dataclass
@@ -53,7 +55,8 @@ class Manifest:
         return self.status == "complete"
 
     def identity(self) -> dict[str, Any]:
-        return {**{k: self.job[k] for k in IDENTITY_FIELDS}, "model_fingerprint": self.model["fingerprint"]}
+        job = {**BEFORE_RECORDED, **self.job}
+        return {**{k: job[k] for k in IDENTITY_FIELDS}, "model_fingerprint": self.model["fingerprint"]}
 
     def rows_done(self) -> int:
         return sum(r.rows for r in self.shards.values())

@@ -28,6 +28,12 @@ from synthgen.rng import philox4x32, split64
 
 MAX_SEED = 2**64 - 1
 PRECISIONS = ("fp32", "bf16", "fp16")
+# How the generator runs while sampling (synthgen.inference): batch norms folded into the layer before them,
+# thin stride-2 ConvTranspose layers as sub-pixel convolutions, weights channels-last. Other kernels run, so a
+# few pixels move by one level: it is recorded, with the precision, in every manifest. Datasets of synthgen
+# 0.1.0 used "plain".
+INFERENCE_FORM = "bn-folded,subpixel-thin-deconv,channels-last"
+INFERENCE_FORMS = ("plain", INFERENCE_FORM)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # round(2**64 / phi), odd
 
 

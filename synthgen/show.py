@@ -14,6 +14,7 @@ from synthgen.checkpoint import load_checkpoint
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, encode_png
 from synthgen.plan import LabelPlan, image_seeds
+from synthgen.inference import prepare_model
 from synthgen.sampling import generate
 
 
@@ -57,7 +58,8 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     plan = LabelPlan.from_json(job["labels"])
     seeds = image_seeds(job["seed"], np.array([index]))
     labels = plan.labels(np.array([index]))
-    image = generate(ckpt.model, seeds, labels, precision=job["precision"])[0]
+    model = prepare_model(ckpt.model, manifest.identity()["inference_form"])
+    image = generate(model, seeds, labels, precision=job["precision"])[0]
     stored = _stored_image(loc, job["format"], record, index)
     names = plan.class_names
     pixels = decode_png(stored) if isinstance(stored, bytes) else stored

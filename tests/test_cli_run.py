@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from synthgen.checkpoint import CheckpointConfig, save_checkpoint
 from synthgen.cli import app
 from synthgen.models import DCGANConfig, DCGANGenerator, config_to_dict
+from synthgen.plan import INFERENCE_FORM
 
 runner = CliRunner()
 
@@ -61,6 +64,18 @@ def test_other_settings_are_refused_unless_overwrite(dataset, tiny_checkpoint, t
     assert invoke(*run_args(tiny_checkpoint, copy)).exit_code == 0
     assert invoke(*run_args(tiny_checkpoint, copy, "--seed", "5", "--overwrite")).exit_code == 0
     assert invoke("verify", str(copy)).exit_code == 0
+
+
+def test_a_dataset_sampled_in_another_inference_form_is_not_resumed(dataset, tiny_checkpoint, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["job"]["inference_form"]  # as synthgen 0.1.0 wrote it: it sampled the model as loaded
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke(*run_args(tiny_checkpoint, old, "--labels", "malignant=0.25,normal=0.75"))
+    assert result.exit_code == 1
+    assert f"inference_form: 'plain' there, '{INFERENCE_FORM}' now" in result.output
+    assert sorted(p.name for p in (old / "data").iterdir()) == sorted(p.name for p in (dataset / "data").iterdir())
 
 
 def test_foreign_directory_is_refused_and_left_alone(tiny_checkpoint, tmp_path):

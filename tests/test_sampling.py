@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen.plan import image_seeds
+from synthgen.plan import INFERENCE_FORMS, image_seeds
+from synthgen.inference import prepare_model
 from synthgen.sampling import generate
 
 
@@ -19,8 +20,10 @@ def test_generate_shape_dtype(tiny_model):
     assert images.std() > 0
 
 
+@pytest.mark.parametrize("form", INFERENCE_FORMS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_pixels_do_not_depend_on_batch_size_or_subset(tiny_model, precision):
+def test_pixels_do_not_depend_on_batch_size_or_subset(tiny_checkpoint, precision, form):
+    tiny_model = prepare_model(load_checkpoint(tiny_checkpoint).model, form)
     seeds, labels = image_seeds(3, np.arange(700)), np.arange(700) % 2
     reference = generate(tiny_model, seeds, labels, batch_size=256, precision=precision)
     for batch_size in (1, 7, 64, 100, 333, 1024):

@@ -33,13 +33,15 @@ def run(
         help="Label plan: balanced (default), one class (malignant or 0), or weights (malignant=0.7,normal=0.3)."
     )] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        help="Images per forward pass; does not change the output (default: 256 on CPU, 2048 on a GPU).")] = None,
+        help="Images per forward pass; does not change the output (default: 256 on CPU, 2048 on a GPU, "
+             "fewer above 28x28).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); part of the dataset identity."
                                            )] = "fp32",
     gpus: Annotated[Optional[int], typer.Option(help="GPUs to use, one actor each (default: all the cluster "
                                                      "has; 0 = CPU actors).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs "
-                                                        "(default: one per CPU, at most 8).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs, "
+                                                        "each using its share of the CPUs (default: one per "
+                                                        "node, or one per 8 CPUs).")] = None,
     actors_per_gpu: Annotated[int, typer.Option(help="Actors sharing each GPU.")] = 1,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: http(s)://HEAD:8265 submits a Ray job "
                                                         "(see `synthgen jobs`); host:port or ray://... joins it "

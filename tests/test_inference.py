@@ -1,0 +1,70 @@
+"""The inference form: the same function as the loaded model, rearranged; images at most one level apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from synthgen.checkpoint import load_checkpoint
+from synthgen.inference import SubPixelConvTranspose2d, prepare_model
+from synthgen.models import DCGANConfig, DCGANGenerator
+from synthgen.plan import INFERENCE_FORM, image_seeds
+from synthgen.sampling import generate
+
+
+@pytest.mark.parametrize("kernel,padding,output_padding,out_channels", [(5, 2, 1, 1), (4, 1, 0, 3), (6, 2, 0, 2)])
+def test_subpixel_layer_computes_the_transposed_convolution(kernel, padding, output_padding, out_channels):
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(8, out_channels, kernel, 2, padding=padding, output_padding=output_padding)
+    assert SubPixelConvTranspose2d.can_replace(deconv)
+    x = torch.randn(3, 8, 9, 7)  # (B, C, H, W), H != W
+    expected = deconv(x)  # (B, Co, 2H, 2W)
+    got = SubPixelConvTranspose2d(deconv)(x)
+    assert got.shape == expected.shape == (3, out_channels, 18, 14)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [
+    nn.ConvTranspose2d(8, 8, 5, 2, padding=2, output_padding=1),  # wide: the direct kernel is faster
+    nn.ConvTranspose2d(8, 1, 5, 1, padding=2),  # stride 1
+    nn.ConvTranspose2d(8, 1, 3, 2, padding=1, output_padding=1),  # sub-kernel not centred
+    nn.ConvTranspose2d(8, 1, 5, 2, padding=2),  # output 2H - 1
+    nn.Conv2d(8, 1, 3),
+])
+def test_subpixel_leaves_other_layers_alone(layer):
+    assert not SubPixelConvTranspose2d.can_replace(layer)
+
+
+def test_inference_form_rewrites_the_dcgan_and_keeps_images_close(tiny_checkpoint):
+    seeds, labels = image_seeds(0, np.arange(256)), np.arange(256) % 2
+    plain = prepare_model(load_checkpoint(tiny_checkpoint).model, "plain")
+    fast = prepare_model(load_checkpoint(tiny_checkpoint).model, INFERENCE_FORM)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fast.modules())
+    assert isinstance(fast.deconv[-2], SubPixelConvTranspose2d)  # the image layer; tanh follows
+    for precision in ("fp32", "bf16"):
+        a = generate(plain, seeds, labels, precision=precision)
+        b = generate(fast, seeds, labels, precision=precision)
+        # other kernels, same function: at most one level apart (which is why the manifest records the form)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, precision
+        assert np.mean(a != b) < 0.01, precision
+    with pytest.raises(ValueError, match="form must be one of"):
+        prepare_model(load_checkpoint(tiny_checkpoint).model, "nhwc")
+
+
+@pytest.mark.parametrize("size,channels", [(32, 3), (64, 1)])
+def test_inference_form_matches_other_architectures(size, channels):
+    torch.manual_seed(1)
+    model = DCGANGenerator(DCGANConfig(latent_dim=8, image_size=size, channels=channels, width=32))
+    for p in model.modules():  # BatchNorm statistics other than the defaults, as a trained model has
+        if isinstance(p, nn.modules.batchnorm._BatchNorm):
+            p.running_mean.uniform_(-0.5, 0.5)
+            p.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    z = torch.randn(64, 8)
+    with torch.inference_mode():
+        expected = model(z)
+        got = prepare_model(model)(z)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

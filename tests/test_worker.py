@@ -1,0 +1,103 @@
+"""The actor's body without Ray: lanes, batch sizes, precisions and encodings never change a shard's bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synthgen.checkpoint import inspect_checkpoint
+from synthgen.imaging import decode_png
+from synthgen.plan import ShardSpec, parse_label_plan
+from synthgen.worker import ShardGenerator, default_batch_size
+from synthgen.worker_config import WorkerConfig
+from synthgen.writers import Layout
+
+
+def worker(tmp_path, checkpoint, name, *, encoding="png", device="cpu", **kw) -> ShardGenerator:
+    ckpt, fingerprint = inspect_checkpoint(checkpoint)
+    layout = Layout("parquet", tuple(ckpt.class_names), encoding=encoding, image_shape=(28, 28, 1))
+    labels = parse_label_plan(None, ckpt.class_names).to_json()
+    config = WorkerConfig(checkpoint, fingerprint, str(tmp_path / name), layout, seed=5, labels=labels,
+                          device=device, **kw)
+    return ShardGenerator(config)
+
+
+def shard_images(tmp_path, name) -> tuple[list[int], list]:
+    table = pq.read_table(tmp_path / name / "data", columns=["index", "image"])
+    column = table.column("image").combine_chunks()
+    images = (list(column.to_numpy_ndarray()) if isinstance(column, pa.FixedShapeTensorArray)
+              else [r["bytes"] for r in column.to_pylist()])
+    return table.column("index").to_pylist(), images
+
+
+SPEC = ShardSpec(shard_id=0, start=0, stop=1000)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("encoding", ["png", "raw"])
+def test_bytes_do_not_depend_on_lanes_or_batch_size(tmp_path, tiny_checkpoint, precision, encoding):
+    digests = {}
+    for name, kw in {"1lane-b256": dict(threads=1, batch_size=256), "3lanes-b64": dict(threads=3, batch_size=64),
+                     "2lanes-b333": dict(threads=2, batch_size=333)}.items():
+        record = worker(tmp_path, tiny_checkpoint, name, encoding=encoding, precision=precision, **kw)(SPEC)
+        assert record.rows == 1000
+        indices, images = shard_images(tmp_path, name)
+        assert indices == list(range(1000))
+        digests[name] = hashlib.sha256(b"".join(im.tobytes() if encoding == "raw" else im
+                                                for im in images)).hexdigest()
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_raw_and_png_hold_the_same_pixels(tmp_path, tiny_checkpoint):
+    worker(tmp_path, tiny_checkpoint, "png", threads=2)(SPEC)
+    worker(tmp_path, tiny_checkpoint, "raw", encoding="raw", threads=1, batch_size=100)(SPEC)
+    _, pngs = shard_images(tmp_path, "png")
+    _, raws = shard_images(tmp_path, "raw")
+    for png, raw in zip(pngs, raws):
+        np.testing.assert_array_equal(decode_png(png), raw)
+
+
+def test_lanes_run_concurrently(tmp_path, tiny_checkpoint, monkeypatch):
+    import synthgen.worker as worker_module
+
+    gen = worker(tmp_path, tiny_checkpoint, "lanes", threads=2, batch_size=64)
+    active, peak, lock = [0], [0], threading.Lock()
+    real_generate = worker_module.generate
+
+    def counting_generate(*args, **kw):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return real_generate(*args, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(worker_module, "generate", counting_generate)
+    gen(SPEC)
+    assert peak[0] == 2  # both lanes were inside the model at once, never more
+
+
+def test_default_batch_shrinks_for_larger_images():
+    assert default_batch_size("cpu", (1, 28, 28)) == 256
+    assert default_batch_size("cuda:0", (1, 28, 28)) == 2048
+    assert default_batch_size("cpu", (3, 64, 64)) == 64
+    assert default_batch_size("cuda", (3, 128, 128)) == 98
+
+
+def test_overlapping_calls_write_the_same_shards(tmp_path, tiny_checkpoint):
+    """The engine hands an actor two shards at once; they share the lanes and must not mix."""
+    specs = [ShardSpec(0, 0, 500), ShardSpec(1, 500, 1000)]
+    sequential = worker(tmp_path, tiny_checkpoint, "seq", threads=2, batch_size=64)
+    expected = [sequential(spec).sha256 for spec in specs]
+    overlapping = worker(tmp_path, tiny_checkpoint, "par", threads=2, batch_size=64)
+    with ThreadPoolExecutor(2) as calls:
+        records = list(calls.map(overlapping, specs))
+    assert [r.sha256 for r in records] == expected
