@@ -1,7 +1,10 @@
 """The obvious alternative to synthgen run: a plain Ray Data pipeline doing the same job.
 
 ray.data.range(N).map_batches(<callable class holding the model>).write_parquet(OUT), with the same model,
-the same per-image seeds and noise, and PNG encoding in the callable. Prints one JSON line with its rate.
+the same per-image seeds and noise, and PNG encoding in the callable (the same encoder and settings).
+``--form plain`` runs the model as loaded, as a user writing this pipeline would; ``--form fast`` gives it
+synthgen's inference form too, to show how much of the difference is the model rewrite and how much the
+engine. Prints one JSON line with its rate.
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ import ray
 
 from synthgen.checkpoint import load_checkpoint
 from synthgen.imaging import encode_png
-from synthgen.plan import image_seeds, parse_label_plan
+from synthgen.inference import prepare_model
+from synthgen.plan import INFERENCE_FORM, image_seeds, parse_label_plan
 from synthgen.sampling import generate
 
 
 class Generate:
     """Loads the model once per actor (Ray's batch-inference pattern)."""
 
-    def __init__(self, model: str | None, seed: int, threads: int):
+    def __init__(self, model: str | None, seed: int, threads: int, form: str):
         import torch
 
         torch.set_num_threads(threads)
         self.ckpt = load_checkpoint(model)
+        self.model = prepare_model(self.ckpt.model, "plain" if form == "plain" else INFERENCE_FORM)
         self.plan = parse_label_plan(None, self.ckpt.config.class_names)
         self.seed = seed
 
@@ -34,7 +39,7 @@ class Generate:
         indices = batch["id"].astype(np.int64)
         seeds = image_seeds(self.seed, indices)
         labels = self.plan.labels(indices)
-        images = generate(self.ckpt.model, seeds, labels, batch_size=len(indices))
+        images = generate(self.model, seeds, labels, batch_size=len(indices))
         return {"image": [encode_png(im) for im in images], "index": indices, "seed": seeds, "label": labels}
 
 
@@ -45,6 +50,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--form", choices=["plain", "fast"], default="plain",
+                        help="the model as loaded, or in synthgen's inference form")
     args = parser.parse_args()
     ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -52,7 +59,7 @@ def main() -> None:
     # One actor reserving one CPU: two actors reserving a whole CPU each hang forever on 2 cores, because
     # the read and write tasks can then never be scheduled.
     (ray.data.range(args.count)
-     .map_batches(Generate, fn_constructor_args=(args.model, 0, args.threads), batch_size=args.batch_size,
+     .map_batches(Generate, fn_constructor_args=(args.model, 0, args.threads, args.form), batch_size=args.batch_size,
                   concurrency=1, num_cpus=1)
      .write_parquet(args.out))
     seconds = time.perf_counter() - t0

@@ -25,6 +25,8 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import psutil
@@ -32,9 +34,9 @@ import torch
 
 from synthgen import __version__
 from synthgen.checkpoint import load_checkpoint
-from synthgen.imaging import encode_png
 from synthgen.plan import image_seeds
 from synthgen.rng import normal_from_seeds
+from synthgen.inference import prepare_model
 from synthgen.sampling import to_uint8
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,18 +50,30 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, encode: bool) -> float:
+def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, precision: str, lanes: int) -> float:
+    """Images/s of the forward pass alone (noise made beforehand, no encoding), ``lanes`` threads of 1 torch
+    thread each when lanes > 1 (as synthgen's actors run), else torch's own threads in one forward."""
     seeds = image_seeds(0, np.arange(batch))
     z = torch.from_numpy(normal_from_seeds(seeds, latent_dim))  # (batch, latent), made once: not timed
     y = torch.arange(batch) % classes if classes else None
-    done, t0 = 0, time.perf_counter()
-    with torch.inference_mode():
-        while done < count:
-            images = to_uint8(model(z, y))  # (batch, H, W, C)
-            if encode:
-                [encode_png(im) for im in images]
-            done += batch
-    return done / (time.perf_counter() - t0)
+    per_lane = -(-count // (batch * lanes))
+
+    def forward_passes() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for _ in range(per_lane):
+                to_uint8(model(z, y))  # (batch, H, W, C)
+
+    threads = torch.get_num_threads()
+    if lanes > 1:
+        torch.set_num_threads(1)
+    try:
+        forward_passes()  # warm-up: kernel selection
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(lanes) as pool:
+            list(pool.map(lambda _: forward_passes(), range(lanes)))
+        return per_lane * batch * lanes / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TreeMemory:
@@ -122,33 +136,66 @@ def synthgen_rate(count: int, args, out: str, precision: str, encoding: str, wor
     return {"images_per_second": rate, "wall_s": round(wall, 1), **mem}
 
 
-def ray_data_rate(count: int, args, out: str) -> dict:
+def ray_data_rate(count: int, args, out: str, form: str) -> dict:
     cmd = [sys.executable, os.path.join(HERE, "ray_data_pipeline.py"), "--count", str(count), "--out", out,
-           "--batch-size", str(args.batch_size)] + (["--model", args.model] if args.model else [])
+           "--batch-size", str(args.batch_size), "--form", form] + (["--model", args.model] if args.model else [])
     text, wall, mem = measured(cmd)
     line = json.loads(text.strip().splitlines()[-1])
     return {"images_per_second": line["images_per_second"], "wall_s": round(wall, 1), **mem}
 
 
-def measure_all(count: int, ckpt, args, scratch: str):
-    """Yield one result row per configuration, all at the same N on the same machine."""
-    raw = {}
+def measure_all(count: int, ckpt, model, args, scratch: str) -> list[dict]:
+    """One row per configuration at ``count``: the median of ``args.repeats`` runs, taken round-robin so
+    that a slow spell of a shared VM hits every configuration alike; peak memory is the largest seen."""
+    cores = len(os.sched_getaffinity(0))
+    raw_count = min(count, args.raw_count)
+    tasks = []  # (row fields, function measuring one run)
     for precision in args.precisions:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            raw[precision] = raw_rate(ckpt.model, ckpt.config.latent_dim, ckpt.config.num_classes, count,
-                                      args.batch_size, False)
-        yield {"count": count, "what": "raw forward", "precision": precision,
-               "images_per_second": raw[precision]}
-    ray_data = ray_data_rate(count, args, os.path.join(scratch, "rd"))
-    yield {"count": count, "what": "ray data pipeline", "precision": "fp32", "encoding": "png", **ray_data}
+        # the ceiling is the faster of one forward on all cores' torch threads and one 1-thread lane per core
+        for lanes in (1, cores) if cores > 1 else (1,):
+            tasks.append(({"what": "raw forward", "precision": precision, "lanes": lanes,
+                           "torch_threads": torch.get_num_threads() if lanes == 1 else 1},
+                          partial(lambda p, n: {"images_per_second": raw_rate(
+                              model, ckpt.config.latent_dim, ckpt.config.num_classes, raw_count,
+                              args.batch_size, p, n)}, precision, lanes)))
+    for form in args.ray_data_forms:
+        tasks.append(({"what": "ray data pipeline", "precision": "fp32", "encoding": "png", "form": form},
+                      partial(ray_data_rate, count, args, os.path.join(scratch, "rd"), form)))
     configs = [(p, e, args.workers[0]) for p in args.precisions for e in args.encodings]
     configs += [("fp32", "png", w) for w in args.workers[1:]]
     for precision, encoding, workers in configs:
-        result = synthgen_rate(count, args, os.path.join(scratch, "sg"), precision, encoding, workers)
-        yield {"count": count, "what": "synthgen run", "precision": precision, "encoding": encoding,
-               "actors": workers, **result,
-               "vs_raw_same_precision": result["images_per_second"] / raw[precision],
-               "vs_ray_data": result["images_per_second"] / ray_data["images_per_second"]}
+        tasks.append(({"what": "synthgen run", "precision": precision, "encoding": encoding, "actors": workers,
+                       "lanes_per_actor": max(1, cores // workers)},
+                      partial(synthgen_rate, count, args, os.path.join(scratch, "sg"), precision, encoding,
+                              workers)))
+    runs: list[list[dict]] = [[] for _ in tasks]
+    for repeat in range(args.repeats):
+        for k, (fields, measure) in enumerate(tasks):
+            runs[k].append(measure())
+            print(json.dumps({"count": count, "repeat": repeat, **fields, **runs[k][-1]}), file=sys.stderr,
+                  flush=True)
+            shutil.rmtree(scratch)
+            os.makedirs(scratch)
+    rows = [{"count": count, **fields, **_median(samples)} for (fields, _), samples in zip(tasks, runs)]
+    raw = {p: max(r["images_per_second"] for r in rows if r["what"] == "raw forward" and r["precision"] == p)
+           for p in args.precisions}
+    ray_data = next(r["images_per_second"] for r in rows if r["what"] == "ray data pipeline")
+    for row in rows:
+        if row["what"] != "raw forward":
+            row["vs_raw_same_precision"] = row["images_per_second"] / raw.get(row["precision"], float("nan"))
+            row["vs_ray_data"] = row["images_per_second"] / ray_data
+    return rows
+
+
+def _median(samples: list[dict]) -> dict:
+    rates = [s["images_per_second"] for s in samples]
+    out = {"images_per_second": float(np.median(rates)), "runs_images_per_second": [round(r) for r in rates]}
+    if "wall_s" in samples[0]:
+        out["wall_s"] = float(np.median([s["wall_s"] for s in samples]))
+        for key in samples[0]:
+            if key.startswith("peak_"):
+                out[key] = max(s[key] for s in samples)
+    return out
 
 
 def main() -> None:
@@ -160,10 +207,16 @@ def main() -> None:
     parser.add_argument("--encodings", nargs="+", default=["png", "raw"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="actor counts; the first is used for every precision x encoding, the rest fp32 png")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the median is kept")
+    parser.add_argument("--raw-count", type=int, default=50_000, help="images per raw forward measurement")
+    parser.add_argument("--ray-data-forms", nargs="+", default=["plain", "fast"],
+                        help="model form in the Ray Data pipeline: plain = as loaded (the comparison), "
+                             "fast = synthgen's inference form")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
     ckpt = load_checkpoint(args.model)
+    model = prepare_model(ckpt.model)  # the form synthgen's actors sample with
     env = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                       f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB, {cpu_name()}",
            "python": platform.python_version(), "torch": torch.__version__, "synthgen": __version__,
@@ -175,11 +228,9 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="synthgen-bench-")
     try:
         for count in args.counts:
-            for row in measure_all(count, ckpt, args, scratch):
+            for row in measure_all(count, ckpt, model, args, scratch):
                 print(json.dumps(row), flush=True)
                 results.append(row)
-                shutil.rmtree(scratch)
-                os.makedirs(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
