@@ -348,7 +348,8 @@ def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
             raise SynthgenError(f"--actors-per-gpu must be >= 1, got {config.actors_per_gpu}")
         actors = gpus * config.actors_per_gpu
         cpus = min(1.0, total_cpus / actors) if total_cpus else 0
-        return {"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, actors, 0
+        # lanes encode while another lane holds the GPU: share the cluster's cores between the GPU actors
+        return {"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, actors, max(1, total_cpus // actors)
     node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
     node_cpus = [c for c in node_cpus if c >= 1]
     if not node_cpus:
