@@ -74,6 +74,7 @@ class RunSummary:
     seconds: float  # wall time of the whole run, cluster start included
     generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
     actors: int = 0
+    lanes: int = 0  # threads per actor taking batches through model and encoder
     device: str = ""  # the torch device(s) the actors run on
     gpu_ids: list[list[int]] = field(default_factory=list)  # Ray's GPU ids held by each actor
     retried_shards: list[int] = field(default_factory=list)
@@ -188,6 +189,7 @@ def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, lo
               todo: Iterator[ShardSpec], summary: RunSummary) -> None:
     pool = _ActorPool(config, worker)
     summary.actors, summary.device, summary.gpu_ids = len(pool.actors), pool.device, pool.gpu_ids
+    summary.lanes = pool.worker.threads
     bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
                disable=not config.progress, desc="generating", smoothing=0.1)
     saver = _ManifestSaver(loc, manifest)
