@@ -138,7 +138,7 @@ def synthgen_rate(count: int, args, out: str, precision: str, encoding: str, wor
 
 def ray_data_rate(count: int, args, out: str, form: str) -> dict:
     cmd = [sys.executable, os.path.join(HERE, "ray_data_pipeline.py"), "--count", str(count), "--out", out,
-           "--batch-size", str(args.batch_size), "--form", form] + (["--model", args.model] if args.model else [])
+           "--batch-size", str(args.ray_data_batch_size), "--form", form] + (["--model", args.model] if args.model else [])
     text, wall, mem = measured(cmd)
     line = json.loads(text.strip().splitlines()[-1])
     return {"images_per_second": line["images_per_second"], "wall_s": round(wall, 1), **mem}
@@ -202,7 +202,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=96, help="rows per forward pass for the raw forward "
+                        "and synthgen run (synthgen's CPU default)")
+    parser.add_argument("--ray-data-batch-size", type=int, default=256, help="map_batches batch size")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--encodings", nargs="+", default=["png", "raw"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
