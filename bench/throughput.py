@@ -138,7 +138,8 @@ def synthgen_rate(count: int, args, out: str, precision: str, encoding: str, wor
 
 def ray_data_rate(count: int, args, out: str, form: str) -> dict:
     cmd = [sys.executable, os.path.join(HERE, "ray_data_pipeline.py"), "--count", str(count), "--out", out,
-           "--batch-size", str(args.ray_data_batch_size), "--form", form] + (["--model", args.model] if args.model else [])
+           "--batch-size", str(args.ray_data_batch_size), "--form", form]
+    cmd += ["--model", args.model] if args.model else []
     text, wall, mem = measured(cmd)
     line = json.loads(text.strip().splitlines()[-1])
     return {"images_per_second": line["images_per_second"], "wall_s": round(wall, 1), **mem}

@@ -79,7 +79,8 @@ class SubPixelConvTranspose2d(nn.Module):
         k, p = deconv.kernel_size[0], deconv.padding[0]
         lo, hi = _input_offsets(k, p)
         c_in, c_out = deconv.in_channels, deconv.out_channels
-        weight = deconv.weight.detach().new_zeros(c_out, 2, 2, c_in, hi - lo + 1, hi - lo + 1)  # (Co, r, c, Ci, kh, kw)
+        size = hi - lo + 1
+        weight = deconv.weight.detach().new_zeros(c_out, 2, 2, c_in, size, size)  # (Co, r, c, Ci, kh, kw)
         for r in (0, 1):
             for c in (0, 1):
                 for a, j in enumerate(range(lo, hi + 1)):
@@ -87,10 +88,10 @@ class SubPixelConvTranspose2d(nn.Module):
                         ty, tx = r + p - 2 * j, c + p - 2 * m
                         if 0 <= ty < k and 0 <= tx < k:
                             weight[:, r, c, :, a, b] = deconv.weight.detach()[:, :, ty, tx].T  # (Co, Ci)
-        self.conv = nn.Conv2d(c_in, 4 * c_out, hi - lo + 1, padding=hi, bias=deconv.bias is not None,
+        self.conv = nn.Conv2d(c_in, 4 * c_out, size, padding=hi, bias=deconv.bias is not None,
                               device=deconv.weight.device, dtype=deconv.weight.dtype)
         with torch.no_grad():
-            self.conv.weight.copy_(weight.reshape(4 * c_out, c_in, hi - lo + 1, hi - lo + 1))
+            self.conv.weight.copy_(weight.reshape(4 * c_out, c_in, size, size))
             if deconv.bias is not None:
                 self.conv.bias.copy_(deconv.bias.repeat_interleave(4))
 
