@@ -59,8 +59,8 @@ def main() -> None:
     # One actor reserving one CPU: two actors reserving a whole CPU each hang forever on 2 cores, because
     # the read and write tasks can then never be scheduled.
     (ray.data.range(args.count)
-     .map_batches(Generate, fn_constructor_args=(args.model, 0, args.threads, args.form), batch_size=args.batch_size,
-                  concurrency=1, num_cpus=1)
+     .map_batches(Generate, fn_constructor_args=(args.model, 0, args.threads, args.form),
+                  batch_size=args.batch_size, concurrency=1, num_cpus=1)
      .write_parquet(args.out))
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": args.count, "seconds": seconds, "images_per_second": args.count / seconds}))

@@ -13,8 +13,8 @@ from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, encode_png
-from synthgen.plan import LabelPlan, image_seeds
 from synthgen.inference import prepare_model
+from synthgen.plan import LabelPlan, image_seeds
 from synthgen.sampling import generate
 
 

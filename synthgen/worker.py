@@ -7,8 +7,9 @@ each lane's forward pass runs on one torch thread: measured on 2 cores, two 1-th
 made 7.7k bf16 images/s where one 2-thread forward made 7.0k (OpenMP threads wait on each other whenever
 another process takes a core), and one process instead of two saves the ~300 MiB that each extra copy of
 torch costs. On a GPU one lane at a time holds the device while the others copy and encode. Rows reach
-the writer in index order, and at most ``lanes + 1`` batches are held, so memory stays flat whatever the
-shard size.
+the writer in index order, and each shard in progress holds at most ``lanes + 1`` batches, so memory stays
+flat whatever the shard size. Calls may overlap (the engine hands an actor two shards at once, so lanes do
+not idle while one drains and commits): the model is only read, and each call has its own writer.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
 from synthgen.errors import SynthgenError
 from synthgen.imaging import encode_pngs
+from synthgen.inference import prepare_model
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
-from synthgen.inference import prepare_model
 from synthgen.sampling import generate, make_deterministic
 from synthgen.worker_config import WorkerConfig
 from synthgen.writers import ShardWriter
