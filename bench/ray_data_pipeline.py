@@ -1,7 +1,8 @@
 """The obvious alternative to synthgen run: a plain Ray Data pipeline doing the same job.
 
 ray.data.range(N).map_batches(<callable class holding the model>).write_parquet(OUT), with the same model,
-the same per-image seeds and noise, and PNG encoding in the callable (the same encoder and settings).
+the same per-image seeds and noise, and PNG encoding in the callable (the same encoder and settings as
+synthgen's Parquet shards, and the same zstd compression).
 ``--form plain`` runs the model as loaded, as a user writing this pipeline would; ``--form fast`` gives it
 synthgen's inference form too, to show how much of the difference is the model rewrite and how much the
 engine. Prints one JSON line with its rate.
@@ -17,7 +18,8 @@ import numpy as np
 import ray
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen.imaging import encode_png
+from synthgen.imaging import encode_pngs, png_settings
+from synthgen.writers import PARQUET_COMPRESSION
 from synthgen.inference import prepare_model
 from synthgen.plan import INFERENCE_FORM, image_seeds, parse_label_plan
 from synthgen.sampling import generate
@@ -40,7 +42,7 @@ class Generate:
         seeds = image_seeds(self.seed, indices)
         labels = self.plan.labels(indices)
         images = generate(self.model, seeds, labels, batch_size=len(indices))
-        return {"image": [encode_png(im) for im in images], "index": indices, "seed": seeds, "label": labels}
+        return {"image": encode_pngs(images, png_settings("parquet")), "index": indices, "seed": seeds, "label": labels}
 
 
 def main() -> None:
@@ -61,7 +63,7 @@ def main() -> None:
     (ray.data.range(args.count)
      .map_batches(Generate, fn_constructor_args=(args.model, 0, args.threads, args.form),
                   batch_size=args.batch_size, concurrency=1, num_cpus=1)
-     .write_parquet(args.out))
+     .write_parquet(args.out, compression=PARQUET_COMPRESSION))
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": args.count, "seconds": seconds, "images_per_second": args.count / seconds}))
 

@@ -26,12 +26,12 @@ from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.errors import SynthgenError
-from synthgen.imaging import PNG_ENCODER
+from synthgen.imaging import png_encoder_name, png_settings
 from synthgen.output import prepare_output
 from synthgen.plan import (INFERENCE_FORM, ShardSpec, check_counts, check_precision, check_seed, parse_label_plan,
                            plan_shards)
-from synthgen.worker_config import WorkerConfig
-from synthgen.writers import ENCODINGS, FORMATS, Layout, write_png_metadata
+from synthgen.worker_config import WorkerConfig, allocator_env
+from synthgen.writers import ENCODINGS, FORMATS, PARQUET_COMPRESSION, Layout, write_png_metadata
 
 # Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
 # take batches first come, first served), so its cores stay busy while one shard drains and commits.
@@ -125,7 +125,8 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
            "encoding": config.encoding, "precision": config.precision, "inference_form": INFERENCE_FORM,
            "labels": plan.to_json(),
-           "png_encoder": PNG_ENCODER if config.encoding == "png" else None}
+           "png_encoder": png_encoder_name(png_settings(config.format)) if config.encoding == "png" else None,
+           "parquet_compression": PARQUET_COMPRESSION}
     model = {"source": source, "fingerprint": fingerprint, "arch": ckpt.arch, "image_shape": ckpt.image_shape,
              "latent_dim": ckpt.latent_dim, "class_names": ckpt.class_names, "training": ckpt.training}
     c, h, w = ckpt.image_shape
@@ -267,7 +268,9 @@ class _ActorPool:
     def _new_actor(self):
         return self.remote_cls.options(**self.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
                                        max_restarts=self.config.max_retries,
-                                       max_task_retries=self.config.max_retries).remote(self.worker)
+                                       max_task_retries=self.config.max_retries,
+                                       runtime_env={"env_vars": allocator_env(self.worker.threads)},
+                                       ).remote(self.worker)
 
     def _wait_ready(self) -> tuple[str, list[list[int]]]:
         try:

@@ -19,9 +19,11 @@ CARD_FILE = "README.md"
 FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
-IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels")
-# What datasets written before a field was recorded did (synthgen 0.1.0 sampled the model as loaded).
-BEFORE_RECORDED = {"inference_form": "plain"}
+IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
+                   "png_encoder", "parquet_compression")
+# What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
+# before 0.3.0 every Parquet file was snappy-compressed.
+BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy"}
 
 
 @dataclass

@@ -12,7 +12,7 @@ from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
 from synthgen.errors import SynthgenError
-from synthgen.imaging import decode_png, encode_png
+from synthgen.imaging import decode_png, encode_png, png_settings
 from synthgen.inference import prepare_model
 from synthgen.plan import LabelPlan, image_seeds
 from synthgen.sampling import generate
@@ -63,7 +63,7 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     stored = _stored_image(loc, job["format"], record, index)
     names = plan.class_names
     pixels = decode_png(stored) if isinstance(stored, bytes) else stored
-    same_bytes = encode_png(image) == stored if isinstance(stored, bytes) else None
+    same_bytes = encode_png(image, png_settings(job["format"])) == stored if isinstance(stored, bytes) else None
     return ShowResult(index, int(seeds[0]), int(labels[0]), names[labels[0]] if labels[0] >= 0 else "",
                       image, pixels, bool(np.array_equal(pixels, image)), same_bytes)
 

@@ -25,7 +25,7 @@ import torch
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
 from synthgen.errors import SynthgenError
-from synthgen.imaging import encode_pngs
+from synthgen.imaging import encode_pngs, png_settings
 from synthgen.inference import prepare_model
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
@@ -75,6 +75,7 @@ class ShardGenerator:
         self.latent_dim = ckpt.config.latent_dim
         self.batch_size = config.batch_size or default_batch_size(self.device, ckpt.config.image_shape)
         self.label_plan = LabelPlan.from_json(config.labels)
+        self.png_settings = png_settings(config.layout.format)
         self.loc = storage.locate(config.out)
         # one batch on a GPU at a time bounds device memory; the other lanes' host work overlaps it
         self.device_slots = threading.BoundedSemaphore(1 if on_gpu else self.lanes)
@@ -106,5 +107,5 @@ class ShardGenerator:
         with self.device_slots:
             images = generate(self.model, seeds, labels, batch_size=self.batch_size,
                               precision=self.config.precision, latent_dim=self.latent_dim)  # (B, H, W, C)
-        encoded = images if self.config.layout.encoding == "raw" else encode_pngs(images)
+        encoded = images if self.config.layout.encoding == "raw" else encode_pngs(images, self.png_settings)
         return indices, seeds, labels, encoded

@@ -22,3 +22,16 @@ class WorkerConfig:
     device: str = "auto"  # auto = cuda when this process sees a GPU
     threads: int = 0  # lanes (threads taking whole batches through model + encoder); 0 = one per usable CPU
     allow_import: bool = False
+
+
+def allocator_env(lanes: int) -> dict[str, str]:
+    """Environment for a generation actor's process: glibc malloc settings, read when the process starts.
+
+    With glibc's defaults an actor hands freed activation memory back to the kernel between batches and
+    page-faults it in again on the next one (measured with two 96-row fp32 lanes: 4-6 minor faults and
+    13-17 us of kernel time per image, ~5% of the CPU). Fixed thresholds above one batch's working set keep
+    it in the process, and one arena per lane bounds how many copies of it are kept. End to end on 2 cores:
+    +6% images/s, actor memory unchanged (~410 MiB PSS; docs/benchmarks.md). Other allocators ignore these.
+    """
+    return {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+            "MALLOC_ARENA_MAX": str(max(1, lanes))}

@@ -27,6 +27,9 @@ from synthgen.manifest import ShardRecord
 from synthgen.plan import ShardSpec
 
 ROW_GROUP_ROWS = 1024
+# zstd (level 1) rather than pyarrow's default snappy: on bundled-model shards 10% smaller with stored PNGs
+# (552 vs 613 B per image, imaging.PARQUET_PNG_SETTINGS) and raw pixels (748 vs 792 B), at the same speed.
+PARQUET_COMPRESSION = "zstd"
 FORMATS = ("parquet", "png")
 ENCODINGS = ("png", "raw")
 UNLABELED = "unlabeled"
@@ -115,7 +118,7 @@ class ShardWriter:
         self._atomic = storage.open_atomic(loc, self.path)
         self._hashing = _Hashing(self._atomic.__enter__())
         schema = self.schema if self.schema is not None else _png_meta_schema()
-        self._parquet = pq.ParquetWriter(self._hashing, schema, compression="snappy")
+        self._parquet = pq.ParquetWriter(self._hashing, schema, compression=PARQUET_COMPRESSION)
 
     def add(self, indices: np.ndarray, seeds: np.ndarray, labels: np.ndarray,
             images: list[bytes] | np.ndarray) -> None:
@@ -201,7 +204,7 @@ def write_png_metadata(loc: storage.Location, shard_files: list[str]) -> None:
     """Join the PNG shards' metadata parts into one ``metadata.parquet`` (the ImageFolder convention)."""
     path = loc.join("metadata.parquet")
     with storage.open_atomic(loc, path) as out:
-        writer = pq.ParquetWriter(out, _png_meta_schema(), compression="snappy")
+        writer = pq.ParquetWriter(out, _png_meta_schema(), compression=PARQUET_COMPRESSION)
         for name in shard_files:
             with loc.fs.open_input_file(loc.join(name)) as f:
                 writer.write_table(pq.read_table(f))

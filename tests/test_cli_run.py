@@ -66,15 +66,19 @@ def test_other_settings_are_refused_unless_overwrite(dataset, tiny_checkpoint, t
     assert invoke("verify", str(copy)).exit_code == 0
 
 
-def test_a_dataset_sampled_in_another_inference_form_is_not_resumed(dataset, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("field, before, now", [
+    ("inference_form", "plain", INFERENCE_FORM),  # synthgen 0.1.0 sampled the model as loaded
+    ("parquet_compression", "snappy", "zstd"),  # before 0.3.0
+])
+def test_a_dataset_from_an_older_release_is_not_resumed(dataset, tiny_checkpoint, tmp_path, field, before, now):
     old = tmp_path / "old"
     shutil.copytree(dataset, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["job"]["inference_form"]  # as synthgen 0.1.0 wrote it: it sampled the model as loaded
+    del manifest["job"][field]  # as the older release wrote it: the field was not recorded yet
     (old / "manifest.json").write_text(json.dumps(manifest))
     result = invoke(*run_args(tiny_checkpoint, old, "--labels", "malignant=0.25,normal=0.75"))
     assert result.exit_code == 1
-    assert f"inference_form: 'plain' there, '{INFERENCE_FORM}' now" in result.output
+    assert f"{field}: '{before}' there, '{now}' now" in result.output
     assert sorted(p.name for p in (old / "data").iterdir()) == sorted(p.name for p in (dataset / "data").iterdir())
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthgen.engine import RunConfig, run
+from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_settings
 from synthgen.verify import verify_dataset
 
 
@@ -65,7 +66,16 @@ def test_png_format_has_the_same_images(tmp_path, tiny_checkpoint, reference):
     assert meta.num_rows == 1200
     expected = images_by_index(reference.out)
     for index, name in zip(meta.column("index").to_pylist()[::97], meta.column("file_name").to_pylist()[::97]):
-        assert Path(config.out, name).read_bytes() == expected[index]
+        pixels = decode_png(expected[index])
+        stored = Path(config.out, name).read_bytes()
+        assert np.array_equal(decode_png(stored), pixels)
+        # a file is compressed on its own; inside Parquet the shard's zstd pages do that (stored PNGs)
+        assert stored == encode_png(pixels, png_settings("png")) != expected[index]
+        assert len(stored) < len(expected[index])
+        idat = expected[index].index(b"IDAT") + 4  # zlib header (2 bytes), then the first deflate block
+        assert (expected[index][idat + 2] >> 1) & 3 == 0  # BTYPE 00: a stored (uncompressed) block
+    jobs = [json.loads(Path(c.out, "manifest.json").read_text())["job"] for c in (config, reference)]
+    assert [j["png_encoder"] for j in jobs] == [png_encoder_name(png_settings(f)) for f in ("png", "parquet")]
 
 
 def test_truncated_shard_is_caught_by_verify_and_redone_by_resume(tmp_path, tiny_checkpoint, reference):
@@ -154,7 +164,6 @@ def test_declared_gpus_get_one_actor_each_and_too_many_fail_fast(tmp_path, tiny_
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_raw_and_png_encodings_hold_the_same_pixels(tmp_path, tiny_checkpoint, ray_local, precision):
-    from synthgen.imaging import decode_png
 
     png = job(tmp_path, "png", tiny_checkpoint, count=300, shard_size=100, precision=precision)
     raw = job(tmp_path, "raw", tiny_checkpoint, count=300, shard_size=100, precision=precision,

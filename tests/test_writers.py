@@ -11,7 +11,7 @@ import pytest
 from synthgen import storage
 from synthgen.imaging import decode_png, encode_png
 from synthgen.plan import ShardSpec
-from synthgen.writers import ROW_GROUP_ROWS, Layout, ShardWriter
+from synthgen.writers import PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter
 
 CLASSES = ("malignant", "normal")
 
@@ -46,6 +46,8 @@ def test_parquet_shard_layout(tmp_path):
     assert table.column_names == ["image", "index", "seed", "label"]
     assert decode_png(table.column("image")[5]["bytes"].as_py()).shape == (28, 28, 1)
     assert b"huggingface" in table.schema.metadata and b"synthgen" in table.schema.metadata
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    assert {chunk.compression for chunk in chunks} == {PARQUET_COMPRESSION.upper()}
     assert os.listdir(tmp_path / "data") == ["shard-00000.parquet"]  # no temporaries left
 
 
