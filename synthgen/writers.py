@@ -130,7 +130,7 @@ class ShardWriter:
         """
         assert indices[0] == self.next_index and indices[-1] == self.next_index + len(indices) - 1
         self.next_index += len(indices)
-        np.add.at(self.counts, np.clip(labels, 0, None), 1)
+        self.counts += np.bincount(np.clip(labels, 0, None), minlength=len(self.counts))[: len(self.counts)]
         if self.schema is not None:
             batch = self._parquet_rows(indices, seeds, labels, images)
         else:
