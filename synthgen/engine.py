@@ -20,6 +20,7 @@ from typing import Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from synthgen import manifest as mf
@@ -74,7 +75,7 @@ class RunSummary:
     seconds: float  # wall time of the whole run, cluster start included
     generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
     actors: int = 0
-    lanes: int = 0  # threads per actor taking batches through model and encoder
+    lanes: list[int] = field(default_factory=list)  # each actor's threads taking batches through the model
     device: str = ""  # the torch device(s) the actors run on
     gpu_ids: list[list[int]] = field(default_factory=list)  # Ray's GPU ids held by each actor
     retried_shards: list[int] = field(default_factory=list)
@@ -82,6 +83,13 @@ class RunSummary:
     @property
     def images_per_second(self) -> float:
         return self.generated / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+    def describe_actors(self) -> str:
+        """E.g. "ran 2 actor(s) x 8 lane(s) on cpu", or "ran 3 actor(s) with 2+8+8 lanes on cpu"."""
+        uniform = len(set(self.lanes)) == 1
+        lanes = f"x {self.lanes[0]} lane(s)" if uniform else f"with {'+'.join(map(str, self.lanes))} lanes"
+        gpus = f" holding GPUs {self.gpu_ids}" if any(self.gpu_ids) else ""
+        return f"ran {self.actors} actor(s) {lanes} on {self.device}{gpus}"
 
 
 def run(config: RunConfig) -> RunSummary:
@@ -190,7 +198,7 @@ def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, lo
               todo: Iterator[ShardSpec], summary: RunSummary) -> None:
     pool = _ActorPool(config, worker)
     summary.actors, summary.device, summary.gpu_ids = len(pool.actors), pool.device, pool.gpu_ids
-    summary.lanes = pool.worker.threads
+    summary.lanes = [shape.lanes for shape in pool.shapes]
     bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
                disable=not config.progress, desc="generating", smoothing=0.1)
     saver = _ManifestSaver(loc, manifest)
@@ -258,26 +266,28 @@ class _ActorPool:
 
     def __init__(self, config: RunConfig, worker: WorkerConfig):
         self.config, self.worker = config, worker
-        self.options, count, threads = _actor_resources(config)
-        self.worker = WorkerConfig(**{**worker.__dict__, "threads": threads})
+        self.shapes = _actor_shapes(config)
         self.remote_cls = ray.remote(_RayShardGenerator)
-        self.actors = [self._new_actor() for _ in range(count)]
+        self.shape_of: dict[int, _ActorShape] = {}  # id(actor) -> its shape, to replace it alike
+        self.actors = [self._new_actor(shape) for shape in self.shapes]
         self.device, self.gpu_ids = self._wait_ready()
         self.in_flight: dict = {}
 
-    def _new_actor(self):
-        return self.remote_cls.options(**self.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
-                                       max_restarts=self.config.max_retries,
-                                       max_task_retries=self.config.max_retries,
-                                       runtime_env={"env_vars": allocator_env(self.worker.threads)},
-                                       ).remote(self.worker)
+    def _new_actor(self, shape: _ActorShape):
+        worker = WorkerConfig(**{**self.worker.__dict__, "threads": shape.lanes})
+        actor = self.remote_cls.options(**shape.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
+                                        max_restarts=self.config.max_retries,
+                                        max_task_retries=self.config.max_retries,
+                                        runtime_env={"env_vars": allocator_env(shape.lanes)}).remote(worker)
+        self.shape_of[id(actor)] = shape
+        return actor
 
     def _wait_ready(self) -> tuple[str, list[list[int]]]:
         try:
             answers = ray.get([a.placement.remote() for a in self.actors], timeout=self.config.start_timeout_s)
         except GetTimeoutError:
-            raise SynthgenError(f"the cluster could not place {len(self.actors)} actor(s) with "
-                                f"{self.options} within {self.config.start_timeout_s:.0f}s; "
+            raise SynthgenError(f"the cluster could not place {len(self.actors)} actor(s) "
+                                f"({_describe(self.shapes)}) within {self.config.start_timeout_s:.0f}s; "
                                 "ask for fewer --gpus/--workers") from None
         except (RayActorError, RayTaskError) as err:
             raise SynthgenError(f"an actor could not load the model: {_cause(err)}") from None
@@ -321,7 +331,7 @@ class _ActorPool:
             ray.get(actor.ping.remote(), timeout=self.config.start_timeout_s)
         except (RayActorError, GetTimeoutError):
             self.actors.remove(actor)
-            fresh = self._new_actor()
+            fresh = self._new_actor(self.shape_of.pop(id(actor)))
             self.actors.append(fresh)
             load[id(fresh)] = 0
 
@@ -339,8 +349,16 @@ def _cause(err: Exception) -> str:
     return text[-1] if text else type(cause).__name__
 
 
-def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
-    """Ray options, actor count and lanes (threads) per actor; refuses requests the cluster cannot meet."""
+@dataclass(frozen=True)
+class _ActorShape:
+    """One generation actor: its Ray options (resources, and the node it belongs on) and its lanes."""
+
+    options: dict
+    lanes: int
+
+
+def _actor_shapes(config: RunConfig) -> list[_ActorShape]:
+    """The actors to start, refusing requests the cluster cannot meet."""
     resources = ray.cluster_resources()
     total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     gpus = total_gpus if config.gpus is None else config.gpus
@@ -354,23 +372,35 @@ def _actor_resources(config: RunConfig) -> tuple[dict, int, int]:
         actors = gpus * config.actors_per_gpu
         cpus = min(1.0, total_cpus / actors) if total_cpus else 0
         # lanes encode while another lane holds the GPU: share the cluster's cores between the GPU actors
-        return {"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, actors, max(1, total_cpus // actors)
-    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
-    node_cpus = [c for c in node_cpus if c >= 1]
-    if not node_cpus:
+        shape = _ActorShape({"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, max(1, total_cpus // actors))
+        return [shape] * actors
+    nodes = {n["NodeID"]: int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]}
+    nodes = {node: cpus for node, cpus in nodes.items() if cpus >= 1}
+    if not nodes:
         raise SynthgenError("the cluster has no CPUs to run CPU actors on")
     if config.workers is None:
         # One process per node (up to 8 lanes each) rather than one per core: each process holds its own
         # ~300 MiB copy of torch, and lanes in one process use the cores as well as separate processes do.
-        threads = min(MAX_LANES_PER_ACTOR, min(node_cpus))
-        workers = sum(c // threads for c in node_cpus)
-    elif config.workers < 1:
+        # Each actor is sized to its node, so a small head and large workers are all used in full.
+        return [_ActorShape({"num_cpus": lanes, "num_gpus": 0,
+                             "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}, lanes)
+                for node, cpus in nodes.items() for lanes in split_lanes(cpus)]
+    if config.workers < 1:
         raise SynthgenError(f"--workers must be >= 1, got {config.workers}")
-    else:
-        workers = config.workers
-        threads = max(1, min(max(node_cpus), total_cpus // workers))
-    cpus = float(threads) if workers * threads <= total_cpus else total_cpus / workers
-    return {"num_cpus": cpus, "num_gpus": 0}, workers, threads
+    threads = max(1, min(max(nodes.values()), total_cpus // config.workers))
+    cpus = float(threads) if config.workers * threads <= total_cpus else total_cpus / config.workers
+    return [_ActorShape({"num_cpus": cpus, "num_gpus": 0}, threads)] * config.workers
+
+
+def split_lanes(cpus: int, most: int = MAX_LANES_PER_ACTOR) -> list[int]:
+    """A node's CPUs as the lanes of as few actors as hold at most ``most`` lanes each, sized evenly."""
+    actors = -(-cpus // most)
+    return [cpus // actors + (k < cpus % actors) for k in range(actors)]
+
+
+def _describe(shapes: list[_ActorShape]) -> str:
+    kinds = {(s.options["num_cpus"], s.options["num_gpus"]) for s in shapes}
+    return ", ".join(f"{cpus:g} CPU + {gpus:g} GPU each" for cpus, gpus in sorted(kinds))
 
 
 AUTOSCALE_TIMEOUT_S = float(os.environ.get("SYNTHGEN_AUTOSCALE_TIMEOUT_S", 1200))  # GPU nodes boot in minutes

@@ -419,8 +419,7 @@ def run_job_file(path: str) -> int:
               file=sys.stderr, flush=True)
         return 1
     if summary.actors:
-        gpus = f" holding GPUs {summary.gpu_ids}" if any(summary.gpu_ids) else ""
-        print(f"ran {summary.actors} actor(s) x {summary.lanes} lane(s) on {summary.device}{gpus}")
+        print(summary.describe_actors())
     print(f"done: {summary.generated} new images ({summary.total} in the dataset), {summary.bytes} bytes, "
           f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {config.out}",
           flush=True)

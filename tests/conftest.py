@@ -192,7 +192,7 @@ class RayCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A head (1 CPU, job server on its own port) and a second node (1 CPU) on 127.0.0.1, token auth on.
+    """A head (1 CPU, job server on its own port) and a second node (2 CPUs) on 127.0.0.1, token auth on.
 
     The head starts with Ray's defaults for authentication: it finds a token (RAY_AUTH_TOKEN_PATH, a file
     made here) and turns token authentication on; the joining node gets RAY_AUTH_MODE=token as Ray requires.
@@ -215,11 +215,11 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     env.update(RAY_AUTH_TOKEN_PATH=str(root / "auth_token"), RAY_USAGE_STATS_ENABLED="0",
                PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
     gcs, dash, agent, metrics, client, agent2, metrics2 = _free_ports(7)
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000",
+    common = ["--node-ip-address=127.0.0.1", "--num-gpus=0", "--object-store-memory=100000000",
               "--min-worker-port=0", "--max-worker-port=0"]
     head = RayNode(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                     f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
-                    f"--ray-client-server-port={client}", f"--temp-dir={ray_temp}", *common],
+                    f"--ray-client-server-port={client}", f"--temp-dir={ray_temp}", "--num-cpus=1", *common],
                    env, root / "head.log")
     nodes = [head]
     cluster = RayCluster(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", env, token, nodes)
@@ -235,7 +235,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
             assert time.time() < deadline, "the head's job server did not come up"
             time.sleep(0.5)
         worker = RayNode([f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={agent2}",
-                          f"--metrics-export-port={metrics2}", *common],
+                          f"--metrics-export-port={metrics2}", "--num-cpus=2", *common],
                          {**env, "RAY_AUTH_MODE": "token"}, root / "worker.log")
         nodes.append(worker)
         while cluster.nodes_alive() < 2:

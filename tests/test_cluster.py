@@ -51,7 +51,7 @@ def job_id_of(stdout: str) -> str:
 
 def run_args(cluster, checkpoint: str, out: Path, count: int, shard: int, *extra: str) -> list[str]:
     return ["run", "--count", str(count), "--shard-size", str(shard), "--batch-size", "100", "--model", checkpoint,
-            "--out", str(out), "--gpus", "0", "--workers", "2", "--address", cluster.url, *extra]
+            "--out", str(out), "--gpus", "0", "--address", cluster.url, *extra]
 
 
 def job_client(cluster):
@@ -99,7 +99,9 @@ def test_submit_follow_verify_and_jobs_commands(ray_cluster, tiny_checkpoint, tm
     assert f"job {job_id} succeeded" in done.stderr
     report = verify_dataset(str(out))
     assert report.ok and report.rows == 400
-    assert len(generator_nodes(ray_cluster, job_id)) == 2  # one actor per node: the second node did work
+    # one actor per node, each as wide as its node: a 1-CPU actor on the 2-CPU node would leave no room
+    assert len(generator_nodes(ray_cluster, job_id)) == 2
+    assert re.search(r"^ran 2 actor\(s\) with (1\+2|2\+1) lanes on cpu$", done.stdout, re.M), done.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["fingerprint"] and manifest["status"] == "complete"
 
@@ -160,7 +162,7 @@ def test_a_job_that_fails_on_the_cluster_is_one_error_line(ray_cluster, tiny_che
                  env=ray_cluster.env)
     assert failed.returncode == 1
     line = one_line_error(failed)
-    assert re.match(r"error: job synthgen-\S+ failed: --gpus 4: the cluster has 0 GPU\(s\) and 2 CPU\(s\)", line)
+    assert re.match(r"error: job synthgen-\S+ failed: --gpus 4: the cluster has 0 GPU\(s\) and 3 CPU\(s\)", line)
     job_id = job_id_of(failed.stdout)
     assert job_client(ray_cluster).get_job_status(job_id).value == "FAILED"  # nothing left running
 
@@ -334,8 +336,8 @@ def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypat
 
     monkeypatch.setattr(engine, "_autoscaler_can_add_nodes", lambda: True)
     fake_cluster["gpus"] = [0, 0, 4]  # two GPU nodes arrive
-    options, actors, _ = engine._actor_resources(RunConfig(count=10, gpus=4))
-    assert actors == 4 and options["num_gpus"] == 1
+    shapes = engine._actor_shapes(RunConfig(count=10, gpus=4))
+    assert len(shapes) == 4 and {s.options["num_gpus"] for s in shapes} == {1}
     assert fake_cluster["requests"] == [[{"GPU": 1}] * 4, []]  # asked, then cleared: the actors hold the nodes
     err = capsys.readouterr().err
     assert "--gpus 4: the cluster has 0 GPU(s); asked its autoscaler for more, waiting up to" in err
@@ -344,7 +346,7 @@ def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypat
     monkeypatch.setattr(engine, "AUTOSCALE_TIMEOUT_S", 0.0)
     fake_cluster.update(gpus=[2], requests=[])
     with pytest.raises(SynthgenError, match=r"--gpus 8: the autoscaler brought only 2 GPU\(s\) in 0 s; see `ray status`"):
-        engine._actor_resources(RunConfig(count=10, gpus=8))
+        engine._actor_shapes(RunConfig(count=10, gpus=8))
     assert fake_cluster["requests"] == [[{"GPU": 1}] * 8, []]
 
 
@@ -353,7 +355,7 @@ def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
 
     monkeypatch.setattr(engine, "_autoscaler_can_add_nodes", lambda: False)
     with pytest.raises(SynthgenError, match=r"--gpus 2: the cluster has 0 GPU\(s\) and 16 CPU\(s\)"):
-        engine._actor_resources(RunConfig(count=10, gpus=2))
+        engine._actor_shapes(RunConfig(count=10, gpus=2))
     assert fake_cluster["requests"] == []
 
 

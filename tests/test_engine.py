@@ -16,7 +16,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from synthgen.engine import RunConfig, run
+from synthgen.engine import RunConfig, run, split_lanes
 from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_settings
 from synthgen.verify import verify_dataset
 
@@ -177,3 +177,9 @@ def test_raw_and_png_encodings_hold_the_same_pixels(tmp_path, tiny_checkpoint, r
     stored = images_by_index(png.out)
     for k, index in enumerate(table.column("index").to_pylist()):
         np.testing.assert_array_equal(pixels[k], decode_png(stored[index]))
+
+
+@pytest.mark.parametrize("cpus, lanes", [(1, [1]), (2, [2]), (8, [8]), (9, [5, 4]), (12, [6, 6]), (16, [8, 8]),
+                                         (17, [6, 6, 5])])
+def test_a_node_becomes_as_few_actors_as_hold_8_lanes_each(cpus, lanes):
+    assert split_lanes(cpus) == lanes

@@ -79,8 +79,7 @@ def run(
                        err=True)
             raise typer.Exit(130) from None
     if summary.actors:
-        gpus = f" holding GPUs {summary.gpu_ids}" if any(summary.gpu_ids) else ""
-        typer.echo(f"ran {summary.actors} actor(s) x {summary.lanes} lane(s) on {summary.device}{gpus}")
+        typer.echo(summary.describe_actors())
     made = f"{summary.generated} new" if summary.generated != summary.total else f"{summary.generated}"
     typer.echo(f"done: {made} images ({summary.total} in the dataset), {_human_bytes(summary.bytes)}, "
                f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {out}")
