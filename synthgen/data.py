@@ -85,12 +85,13 @@ def _info_from_manifest(loc: storage.Location, manifest: mf.Manifest, allow_inco
         files = ["metadata.parquet"]
     shape = tuple(manifest.model.get("image_shape") or ()) or None
     return DatasetInfo(loc.uri, layout, list(manifest.model.get("class_names") or []), shape,
-                       _row_groups(loc, files), manifest)
+                       _row_groups(loc, files, layout), manifest)
 
 
 def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
     """A copy without its manifest (e.g. only ``data/`` downloaded): read what is there, in name order."""
-    data = [f for f in storage.list_files(loc, loc.join("data")) if _is_shard(f)]
+    folder = loc.join("data")
+    data = [f for f in storage.list_files(loc, folder) if _is_shard(f)] if storage.is_dir(loc, folder) else []
     meta = loc.join("metadata.parquet")
     if data:
         files, layout = [posixpath.relpath(f, loc.root) for f in data], "parquet"
@@ -99,7 +100,7 @@ def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
     else:
         raise SynthgenError(f"{loc.uri}: no {mf.MANIFEST_FILE}, data/*.parquet or metadata.parquet; "
                             "not a synthgen dataset")
-    parts = _row_groups(loc, files)
+    parts = _row_groups(loc, files, layout)
     return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts)
 
 
@@ -108,8 +109,8 @@ def _is_shard(path: str) -> bool:
     return name.endswith(".parquet") and not name.startswith(".")
 
 
-def _row_groups(loc: storage.Location, files: list[str]) -> list[tuple[str, int, int]]:
-    parts = []
+def _row_groups(loc: storage.Location, files: list[str], layout: str) -> list[tuple[str, int, int]]:
+    parts, needed = [], ["image" if layout == "parquet" else "file_name", "index", "seed", "label"]
     for rel in files:
         try:
             with loc.fs.open_input_file(loc.join(rel)) as f:
@@ -117,6 +118,12 @@ def _row_groups(loc: storage.Location, files: list[str]) -> list[tuple[str, int,
         except (OSError, ValueError) as err:  # missing, truncated or not Parquet
             raise SynthgenError(f"{loc.join(rel)}: cannot read Parquet footer ({err}); "
                                 "run synthgen verify on the dataset") from None
+        # checked here, not on the first read: other Parquet (e.g. a Hugging Face export) lacks index and seed
+        columns = meta.schema.to_arrow_schema().names
+        missing = [name for name in needed if name not in columns]
+        if missing:
+            raise SynthgenError(f"{loc.join(rel)}: no {', '.join(missing)} column(s); not a synthgen dataset "
+                                "file (read other Parquet with synthgen.data.RealImageDataset)")
         parts += [(rel, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     return [p for p in parts if p[2] > 0]
 
@@ -372,9 +379,15 @@ class MixedDataset(Dataset):
 
 def _check_same_classes(real: Dataset, synthetic: Dataset) -> None:
     a, b = getattr(real, "class_names", None), getattr(synthetic, "class_names", None)
-    if a and b and len(a) != len(b):
+    # names "0", "1", ... are a reader's placeholders (data without names): they match by position only
+    named = a and b and not _placeholder(a) and not _placeholder(b)
+    if a and b and (len(a) != len(b) or (named and list(a) != list(b))):
         raise SynthgenError(f"mix: real data has classes {', '.join(a)} but the synthetic data has "
                             f"{', '.join(b)}; labels would not mean the same thing")
+
+
+def _placeholder(names: list[str]) -> bool:
+    return list(names) == [str(i) for i in range(len(names))]
 
 
 def mix(real: Dataset, synthetic: Dataset, synthetic_fraction: float = 0.5, length: int | None = None,

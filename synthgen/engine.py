@@ -29,10 +29,10 @@ from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoin
 from synthgen.errors import SynthgenError
 from synthgen.imaging import png_encoder_name, png_settings
 from synthgen.output import prepare_output
-from synthgen.plan import (INFERENCE_FORM, ShardSpec, check_counts, check_precision, check_seed, parse_label_plan,
-                           plan_shards)
+from synthgen.plan import INFERENCE_FORM, ShardSpec, parse_label_plan, plan_shards
+from synthgen.settings import check_run_settings
 from synthgen.worker_config import WorkerConfig, allocator_env
-from synthgen.writers import ENCODINGS, FORMATS, PARQUET_COMPRESSION, Layout, write_png_metadata
+from synthgen.writers import PARQUET_COMPRESSION, Layout, write_png_metadata
 
 # Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
 # take batches first come, first served), so its cores stay busy while one shard drains and commits.
@@ -117,16 +117,7 @@ def run(config: RunConfig) -> RunSummary:
 
 
 def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
-    check_counts(config.count, config.shard_size)
-    check_seed(config.seed)
-    if config.format not in FORMATS:
-        raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-    check_precision(config.precision)
-    if config.batch_size is not None and config.batch_size < 1:
-        raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.encoding not in ENCODINGS or (config.format == "png" and config.encoding != "png"):
-        raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "
-                            f"got {config.encoding!r} with --format {config.format}")
+    check_run_settings(config)
     ckpt, fingerprint = inspect_checkpoint(config.model)  # the actors build the model; the driver needs no torch
     source = model_reference(config.model)
     plan = parse_label_plan(config.labels, ckpt.class_names)
@@ -362,13 +353,9 @@ def _actor_shapes(config: RunConfig) -> list[_ActorShape]:
     resources = ray.cluster_resources()
     total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     gpus = total_gpus if config.gpus is None else config.gpus
-    if gpus < 0:
-        raise SynthgenError(f"--gpus must be >= 0, got {gpus}")
     if gpus > total_gpus:  # fails fast, unless an autoscaler can add GPU nodes: then waits for them
         total_gpus, total_cpus = _wait_for_gpus(gpus, total_gpus, total_cpus)
     if gpus:
-        if config.actors_per_gpu < 1:
-            raise SynthgenError(f"--actors-per-gpu must be >= 1, got {config.actors_per_gpu}")
         actors = gpus * config.actors_per_gpu
         cpus = min(1.0, total_cpus / actors) if total_cpus else 0
         # lanes encode while another lane holds the GPU: share the cluster's cores between the GPU actors
@@ -385,8 +372,6 @@ def _actor_shapes(config: RunConfig) -> list[_ActorShape]:
         return [_ActorShape({"num_cpus": lanes, "num_gpus": 0,
                              "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}, lanes)
                 for node, cpus in nodes.items() for lanes in split_lanes(cpus)]
-    if config.workers < 1:
-        raise SynthgenError(f"--workers must be >= 1, got {config.workers}")
     threads = max(1, min(max(nodes.values()), total_cpus // config.workers))
     cpus = float(threads) if config.workers * threads <= total_cpus else total_cpus / config.workers
     return [_ActorShape({"num_cpus": cpus, "num_gpus": 0}, threads)] * config.workers

@@ -63,6 +63,8 @@ class EvalConfig:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):  # fail now, not after minutes of training
                 raise SynthgenError(f"{flag} {path}: folder {parent} does not exist")
+            if os.path.isdir(path):
+                raise SynthgenError(f"{flag} {path}: is a directory; give a file name")
 
     @property
     def figure_path(self) -> str:

@@ -87,9 +87,20 @@ class Manifest:
             if raw.get("format") != FORMAT:
                 raise ValueError(f'no "format": "{FORMAT}"')
             shards = {int(s["shard_id"]): ShardRecord(**s) for s in raw["shards"]}
-            return cls(raw["job"], raw["model"], shards, raw["status"], raw["synthgen_version"])
+            manifest = cls(raw["job"], raw["model"], shards, raw["status"], raw["synthgen_version"])
+            _check_job(manifest.job)
+            manifest.identity()  # every field a resume compares is there
+            return manifest
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise SynthgenError(f"{source}: not a valid synthgen manifest ({err})") from None
+            detail = f"no {err} field" if isinstance(err, KeyError) else err
+            raise SynthgenError(f"{source}: not a valid synthgen manifest ({detail})") from None
+
+
+def _check_job(job: dict[str, Any]) -> None:
+    """Refuse counts that verify, resume and readers divide by or count to (a hand-edited manifest)."""
+    for key in ("count", "shard_size"):
+        if not isinstance(job[key], int) or job[key] < 1:
+            raise ValueError(f"job {key} must be a positive integer, got {job[key]!r}")
 
 
 def manifest_path(loc: storage.Location) -> str:

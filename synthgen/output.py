@@ -26,14 +26,17 @@ def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -
 
 
 def _prepare(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
+    damaged = False
     try:
         existing = mf.load(loc)
     except SynthgenError:
         if not overwrite:
             raise
-        existing = None
+        existing, damaged = None, True
     if existing is None:
-        foreign = _foreign_files(loc)
+        # Without a manifest, README.md or data/ are someone else's (synthgen writes its manifest first); with
+        # a damaged one that --overwrite replaces, synthgen's names are taken as its own.
+        foreign = _foreign_files(loc, OUR_FILES if damaged else ())
         if foreign:
             raise SynthgenError(f"--out {loc.uri}: holds files that are not a synthgen dataset "
                                 f"({', '.join(foreign[:3])}); choose an empty or new directory")
@@ -58,14 +61,14 @@ def _prepare(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.M
     return fresh
 
 
-def _foreign_files(loc: storage.Location) -> list[str]:
+def _foreign_files(loc: storage.Location, ours: tuple[str, ...]) -> list[str]:
+    """Names at the top of ``loc`` that are neither in ``ours`` nor synthgen temporaries."""
     if not storage.exists(loc, loc.root):
         return []
     if not storage.is_dir(loc, loc.root):
         return [loc.root]
-    names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)]
-    names += [d for d in _subdirs(loc) if d not in OUR_FILES]
-    return [n for n in names if not _is_ours(n)]
+    names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc)
+    return [n for n in names if n not in ours and not n.startswith(storage.TMP_PREFIX)]
 
 
 def _subdirs(loc: storage.Location) -> list[str]:
@@ -80,7 +83,9 @@ def _is_ours(name: str) -> bool:
 def _delete_dataset(loc: storage.Location) -> None:
     if not storage.exists(loc, loc.root):
         return
-    for name in [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc):
+    names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc)
+    # the manifest goes last: a deletion cut short still leaves a dataset that --overwrite may replace
+    for name in sorted(names, key=lambda n: n == mf.MANIFEST_FILE):
         if _is_ours(name):
             storage.remove(loc, loc.join(name))
 

@@ -288,7 +288,8 @@ def _decode(data: bytes, source: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             arr = np.asarray(img.convert("L" if img.mode in GRAY_MODES else "RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # a bomb error is a header claiming hundreds of megapixels: damaged or hostile, either way not data
         raise SynthgenError(f"{source}: not a readable PNG/JPEG image ({err})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 

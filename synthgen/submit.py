@@ -93,11 +93,14 @@ def find_token() -> tuple[str, str] | None:
         except OSError as err:
             raise SynthgenError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read a token there "
                                 f"({err.strerror or err})") from None
+        except UnicodeDecodeError:  # e.g. UTF-16, as PowerShell's `>` writes
+            raise SynthgenError(f"RAY_AUTH_TOKEN_PATH={path}: not a UTF-8 text file; write the token "
+                                "there as plain text") from None
         if not value:
             raise SynthgenError(f"RAY_AUTH_TOKEN_PATH={path}: the file is empty")
         return value, f"RAY_AUTH_TOKEN_PATH={path}"
     default = Path(DEFAULT_TOKEN_PATH).expanduser()
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, UnicodeDecodeError):  # not text: absent, like a file it cannot open
         value = default.read_text().strip()
         if value:
             return value, DEFAULT_TOKEN_PATH
@@ -307,22 +310,13 @@ def _interrupted(server: JobServer, job_id: str, err: TextIO) -> int:
 
 def check_submittable(config: RunConfig) -> None:
     """Refuse, before anything is uploaded, settings that cannot work on a remote cluster."""
-    from synthgen.plan import check_counts, check_precision, check_seed
-    from synthgen.writers import FORMATS
+    from synthgen.settings import check_run_settings
 
-    check_counts(config.count, config.shard_size)
-    check_seed(config.seed)
-    check_precision(config.precision)
-    if config.format not in FORMATS:
-        raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-    if config.batch_size is not None and config.batch_size < 1:
-        raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
+    check_run_settings(config)
     if not storage.is_uri(config.out) and not os.path.isabs(config.out):
         raise SynthgenError(f"--out {config.out}: a relative path means nothing on the cluster; give an "
                             "object-store URI (s3://bucket/prefix) or an absolute path on a filesystem "
                             "every node shares")
-    if config.gpus is not None and config.gpus < 0:
-        raise SynthgenError(f"--gpus must be >= 0, got {config.gpus}")
 
 
 def stage_job(config: RunConfig, dest: Path) -> RunConfig:

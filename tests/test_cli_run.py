@@ -93,6 +93,29 @@ def test_foreign_directory_is_refused_and_left_alone(tiny_checkpoint, tmp_path):
     assert (out / "thesis.tex").read_text() == "precious"
 
 
+def test_synthgen_names_without_a_manifest_are_not_ours(tiny_checkpoint, tmp_path, ray_local):
+    out = tmp_path / "project"  # a user's folder that happens to use the names synthgen writes
+    (out / "data").mkdir(parents=True)
+    (out / "README.md").write_text("my notes")
+    (out / "data" / "scans.npz").write_bytes(b"precious")
+    for extra in ((), ("--overwrite",)):
+        result = invoke(*run_args(tiny_checkpoint, out, *extra))
+        assert result.exit_code == 1 and "not a synthgen dataset" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data"]
+    assert (out / "README.md").read_text() == "my notes"
+    assert (out / "data" / "scans.npz").read_bytes() == b"precious"
+
+
+def test_a_damaged_manifest_is_refused_and_replaced_with_overwrite(dataset, tiny_checkpoint, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    (damaged / "manifest.json").write_text("{truncated")
+    refused = invoke(*run_args(tiny_checkpoint, damaged))
+    assert refused.exit_code == 1 and "not a valid synthgen manifest" in refused.output
+    assert invoke(*run_args(tiny_checkpoint, damaged, "--overwrite")).exit_code == 0
+    assert invoke("verify", str(damaged)).exit_code == 0
+
+
 @pytest.fixture(scope="module")
 def unconditional(tmp_path_factory) -> str:
     torch.manual_seed(0)
@@ -111,6 +134,10 @@ def unconditional(tmp_path_factory) -> str:
     (("--precision", "fp8"), "--precision must be one of"),
     (("--batch-size", "0"), "--batch-size must be at least 1"),
     (("--seed", "-1"), "--seed must be between"),
+    (("--format", "png", "--encoding", "raw"), "--encoding must be png or raw (raw only with --format parquet)"),
+    (("--workers", "0"), "--workers must be >= 1"),  # checked before the output directory is made
+    (("--gpus", "-1"), "--gpus must be >= 0"),
+    (("--actors-per-gpu", "0"), "--actors-per-gpu must be >= 1"),
 ])
 def test_bad_flags(extra, message, tiny_checkpoint, tmp_path):
     result = invoke(*run_args(tiny_checkpoint, tmp_path / "never"), *extra)
@@ -134,3 +161,18 @@ def test_verify_and_show_bad_input(tmp_path, dataset):
     assert "not a synthgen dataset" in invoke("verify", str(tmp_path)).output
     out_of_range = invoke("show", str(dataset), "--index", "300")
     assert out_of_range.exit_code == 1 and "--index must be between 0 and 299" in out_of_range.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["job"].pop("count"), "no 'count' field"),
+    (lambda m: m["job"].update(shard_size=0), "job shard_size must be a positive integer, got 0"),
+    (lambda m: m["model"].pop("fingerprint"), "no 'fingerprint' field"),
+])
+def test_a_hand_edited_manifest_is_one_error_line(dataset, tmp_path, edit, message):
+    edited = tmp_path / "edited"
+    shutil.copytree(dataset, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    edit(manifest)
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("verify", str(edited))
+    assert result.exit_code == 1 and "not a valid synthgen manifest" in result.output and message in result.output

@@ -253,6 +253,13 @@ def test_token_is_found_as_ray_finds_it(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(SynthgenError, match="RAY_AUTH_TOKEN_PATH=.*cannot read a token there"):
         submit.find_token()  # as in Ray: a named token file that is not there is an error, not a fallback
+    (tmp_path / "tok16").write_text("path-token", encoding="utf-16")  # what PowerShell's `>` writes
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok16"))
+    with pytest.raises(SynthgenError, match="RAY_AUTH_TOKEN_PATH=.*not a UTF-8 text file"):
+        submit.find_token()
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    (tmp_path / ".ray" / "auth_token").write_text("home-token", encoding="utf-16")
+    assert submit.find_token() is None
 
 
 def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
@@ -306,6 +313,12 @@ def test_settings_that_cannot_work_remotely_are_refused_before_anything_is_sent(
     assert relative.exit_code == 1 and "a relative path means nothing on the cluster" in one_line_error(relative)
     not_a_model = runner.invoke(app, [*base[:4], str(tmp_path), *base[5:], "--out", "/shared/ds"])
     assert not_a_model.exit_code == 1 and "no such file" in one_line_error(not_a_model)
+    for flags, message in ((["--format", "png", "--encoding", "raw"], "--encoding must be png or raw"),
+                           (["--encoding", "jpeg"], "--encoding must be png or raw"),
+                           (["--workers", "0"], "--workers must be >= 1"),
+                           (["--actors-per-gpu", "0"], "--actors-per-gpu must be >= 1")):
+        refused = runner.invoke(app, [*base, "--out", "/shared/ds", *flags])  # nothing listens at :9
+        assert refused.exit_code == 1 and message in one_line_error(refused), refused.output
     detach = runner.invoke(app, ["run", "--count", "10", "--detach"])
     assert detach.exit_code == 1 and "--detach needs a job server" in one_line_error(detach)
 

@@ -10,6 +10,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -20,7 +22,7 @@ from synthgen.data import IterableSyntheticDataset, RealImageDataset, SyntheticI
 from synthgen.errors import SynthgenError
 from synthgen.imaging import encode_png
 from synthgen.plan import ShardSpec, plan_shards
-from synthgen.readers import load_images
+from synthgen.readers import ImageSet, load_images
 from synthgen.writers import Layout, ShardWriter, write_png_metadata
 
 
@@ -189,3 +191,28 @@ def test_refuses_incomplete_empty_and_missing(tmp_path, breast):
         SyntheticImageDataset(tmp_path / "empty")
     with pytest.raises(SynthgenError, match="no such dataset directory"):
         SyntheticImageDataset(tmp_path / "nope")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "data").write_text("a file, not the shard folder")
+    with pytest.raises(SynthgenError, match="not a synthgen dataset"):
+        SyntheticImageDataset(tmp_path / "odd")
+
+
+def test_mix_refuses_classes_named_differently(breast_ds, breast):
+    synthetic = SyntheticImageDataset(breast_ds)  # malignant, normal
+
+    def real(names: list[str]) -> RealImageDataset:
+        return RealImageDataset(ImageSet(breast.images, breast.labels, names, breast.sha256, "test"))
+
+    for names in (["normal", "malignant"], ["benign", "malignant"]):  # label 0 would mean two things
+        with pytest.raises(SynthgenError, match="labels would not mean the same thing"):
+            mix(real(names), synthetic, 0.5)
+    assert len(mix(real(["malignant", "normal"]), synthetic, 0.5)) == 2 * len(breast.images)
+    assert len(mix(real(["0", "1"]), synthetic, 0.5)) == 2 * len(breast.images)  # no names: by position
+
+
+def test_other_parquet_is_refused_when_opened_not_when_read(tmp_path, breast):
+    (tmp_path / "hf" / "data").mkdir(parents=True)  # a Hugging Face export: image and label, no index or seed
+    table = pa.table({"image": [{"bytes": encode_png(breast.images[0]), "path": None}], "label": [0]})
+    pq.write_table(table, tmp_path / "hf" / "data" / "train-0.parquet")
+    with pytest.raises(SynthgenError, match="train-0.parquet: no index, seed column"):
+        SyntheticImageDataset(tmp_path / "hf")

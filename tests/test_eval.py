@@ -160,6 +160,8 @@ def test_cli_bad_input(breast_npz, retina_npz, copies, breast, tmp_path, monkeyp
         (args(breast_npz, copies, "--max-images", "3"), "--max-images must be at least 10"),
         (("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(tmp_path / "no/r.json")),
          "does not exist"),
+        (("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(tmp_path / "empty"),
+          "--classifier-steps", "1"), "--out " + str(tmp_path / "empty") + ": is a directory"),
         (("preview", str(copies), "--out", str(tmp_path / "s.png"), "--per-class", "0"),
          "--per-class must be at least 1"),
         (("preview", str(partial)), "incomplete dataset"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +230,16 @@ def test_folder_corrupt_image(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     _raises(tmp_path, "broken.png", "not a readable PNG/JPEG")
+
+
+def test_folder_image_whose_header_claims_a_huge_size(tmp_path: Path) -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))  # 400 Mpx, no pixel data
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+    _raises(tmp_path, "bomb.png", "not a readable PNG/JPEG")
 
 
 def test_corrupt_parquet_and_missing_columns(tmp_path: Path) -> None:
