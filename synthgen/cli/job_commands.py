@@ -56,7 +56,7 @@ def status(job_id: JobId, address: Address = None) -> None:
     typer.echo(f"  started {_when(job.start_time)}, ended {_when(job.end_time)}")
     if "out" in meta:
         typer.echo(f"  {meta.get('count', '?')} images -> {meta['out']} (model {meta.get('model', '?')})")
-    if job.message:
+    if job.message and job.message.strip():
         typer.echo(f"  {job.message.strip().splitlines()[0]}")
     if job.status.value in ("FAILED", "STOPPED"):
         raise typer.Exit(1)
