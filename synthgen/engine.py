@@ -28,7 +28,7 @@ from synthgen import storage
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.errors import SynthgenError
 from synthgen.imaging import png_encoder_name, png_settings
-from synthgen.output import prepare_output
+from synthgen.output import output_lock, prepare_output
 from synthgen.plan import INFERENCE_FORM, ShardSpec, parse_label_plan, plan_shards
 from synthgen.settings import check_run_settings
 from synthgen.worker_config import WorkerConfig, allocator_env
@@ -101,16 +101,17 @@ def run(config: RunConfig) -> RunSummary:
     t0 = time.perf_counter()
     fresh, layout, model_source = _plan_job(config)
     loc = storage.locate(config.out)
-    manifest = prepare_output(loc, fresh, config.overwrite)
-    todo = (s for s in plan_shards(config.count, config.shard_size) if s.shard_id not in manifest.shards)
     summary = RunSummary(config.out, config.count, 0, 0, 0.0)
-    if len(manifest.shards) < manifest.num_shards:
-        worker = WorkerConfig(model_source, fresh.model["fingerprint"], config.out, layout, config.seed,
-                              fresh.job["labels"], config.batch_size, config.precision,
-                              allow_import=config.allow_import)
-        with _ray_session(config.address):
-            _generate(config, worker, manifest, loc, todo, summary)
-    _finish(loc, manifest)
+    with output_lock(loc):
+        manifest = prepare_output(loc, fresh, config.overwrite)
+        todo = (s for s in plan_shards(config.count, config.shard_size) if s.shard_id not in manifest.shards)
+        if len(manifest.shards) < manifest.num_shards:
+            worker = WorkerConfig(model_source, fresh.model["fingerprint"], config.out, layout, config.seed,
+                                  fresh.job["labels"], config.batch_size, config.precision,
+                                  allow_import=config.allow_import)
+            with _ray_session(config.address):
+                _generate(config, worker, manifest, loc, todo, summary)
+        _finish(loc, manifest)
     summary.bytes = sum(r.bytes for r in manifest.shards.values())
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -1,8 +1,15 @@
-"""The dataset directory before a run: new, resumed, or replaced on request; foreign files never touched."""
+"""The dataset directory before a run: new, resumed, or replaced on request; foreign files never touched.
+While a run writes there it holds a lock file, so a second run on the same directory is refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import time
+from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -12,6 +19,74 @@ from synthgen.errors import SynthgenError
 from synthgen.verify import check_shard
 
 OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
+LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
+
+
+@contextlib.contextmanager
+def output_lock(loc: storage.Location) -> Iterator[None]:
+    """Hold ``DIR/.synthgen-lock`` while a run writes to ``loc`` (local and shared filesystems).
+
+    Two runs on one directory would each delete the other's temporaries at start and keep a manifest
+    that misses the other's shards. A lock left by a run that was killed on this host is taken over;
+    one from another host names the file to delete. Object stores have no exclusive create: unlocked.
+    """
+    if not loc.is_local or (os.path.exists(loc.root) and not os.path.isdir(loc.root)):
+        yield  # prepare_output reports a path that is a file
+        return
+    path = os.path.join(loc.root, LOCK_FILE)
+    try:
+        os.makedirs(loc.root, exist_ok=True)
+        _acquire(path, loc.uri)
+    except OSError as err:
+        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _acquire(path: str, uri: str) -> None:
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is not None and _still_running(holder, me["host"]):
+                raise SynthgenError(
+                    f"--out {uri}: another synthgen run is writing there (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('since')}); wait for it, or if it is gone, "
+                    f"delete {path}") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a run that was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return
+    raise SynthgenError(f"--out {uri}: could not take {path}; is another synthgen run starting there?")
+
+
+def _read_lock(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else None
+    except (OSError, ValueError):  # gone meanwhile, or empty: its writer died before writing it
+        return None
+
+
+def _still_running(holder: dict, host: str) -> bool:
+    """Whether the lock's run may still be alive: surely so on another host, where it cannot be checked."""
+    if holder.get("host") != host:
+        return True
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
 
 
 def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
@@ -68,7 +143,7 @@ def _foreign_files(loc: storage.Location, ours: tuple[str, ...]) -> list[str]:
     if not storage.is_dir(loc, loc.root):
         return [loc.root]
     names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc)
-    return [n for n in names if n not in ours and not n.startswith(storage.TMP_PREFIX)]
+    return [n for n in names if n not in ours and n != LOCK_FILE and not n.startswith(storage.TMP_PREFIX)]
 
 
 def _subdirs(loc: storage.Location) -> list[str]:

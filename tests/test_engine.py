@@ -137,7 +137,10 @@ def test_sigkill_the_driver_then_rerun_gives_the_uninterrupted_bytes(tmp_path, t
             break
         time.sleep(0.05)
     assert driver.poll() is None, "the run finished before it could be interrupted"
-    driver.send_signal(signal.SIGKILL)
+    driver.send_signal(signal.SIGSTOP)  # alive, holding the directory's lock, handing out nothing more
+    second = cli(*args)
+    assert second.returncode == 1 and "another synthgen run is writing there" in second.stderr, second.stderr
+    driver.send_signal(signal.SIGKILL)  # its lock stays behind; the re-run below takes it over
     driver.wait()
     assert not verify_dataset(str(out)).ok  # incomplete, and says so
     again = cli(*args)
