@@ -254,8 +254,12 @@ def submit_run(config: RunConfig, detach: bool = False, out: TextIO | None = Non
     check_submittable(config)
     job_id = f"synthgen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="synthgen-job-") as tmp:
-        staged = stage_job(config, Path(tmp))  # checks the model before anything goes over the network
-        server = JobServer(config.address)
+        try:
+            staged = stage_job(config, Path(tmp))  # checks the model before anything goes over the network
+            server = JobServer(config.address)
+        except KeyboardInterrupt:
+            err.write("\ninterrupted before the job was submitted; nothing was started\n")
+            return 130
         runtime_env = {"working_dir": tmp, "env_vars": dict(JOB_ENV)}
         metadata = {"synthgen_version": __version__, "count": str(config.count), "out": config.out,
                     "model": config.model or "(bundled default)"}

@@ -262,6 +262,19 @@ def test_token_is_found_as_ray_finds_it(monkeypatch, tmp_path):
     assert submit.find_token() is None
 
 
+def test_ctrl_c_while_staging_is_one_line_and_starts_nothing(tiny_checkpoint, monkeypatch):
+    import io
+
+    def interrupted(config, dest):
+        raise KeyboardInterrupt  # as if Ctrl-C landed while the checkpoint was being copied
+
+    monkeypatch.setattr(submit, "stage_job", interrupted)
+    err = io.StringIO()
+    config = RunConfig(count=10, out="/shared/ds", model=tiny_checkpoint, address="http://127.0.0.1:1")
+    assert submit.submit_run(config, out=io.StringIO(), err=err) == 130
+    assert err.getvalue().strip() == "interrupted before the job was submitted; nothing was started"
+
+
 def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
     Path(tiny_checkpoint, "training_state.safetensors").write_bytes(b"x" * 1000)  # must stay behind
     try:
