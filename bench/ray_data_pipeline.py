@@ -19,10 +19,10 @@ import ray
 
 from synthgen.checkpoint import load_checkpoint
 from synthgen.imaging import encode_pngs, png_settings
-from synthgen.writers import PARQUET_COMPRESSION
 from synthgen.inference import prepare_model
 from synthgen.plan import INFERENCE_FORM, image_seeds, parse_label_plan
 from synthgen.sampling import generate
+from synthgen.writers import PARQUET_COMPRESSION
 
 
 class Generate:
@@ -42,7 +42,8 @@ class Generate:
         seeds = image_seeds(self.seed, indices)
         labels = self.plan.labels(indices)
         images = generate(self.model, seeds, labels, batch_size=len(indices))
-        return {"image": encode_pngs(images, png_settings("parquet")), "index": indices, "seed": seeds, "label": labels}
+        pngs = encode_pngs(images, png_settings("parquet"))  # as synthgen's Parquet shards hold them
+        return {"image": pngs, "index": indices, "seed": seeds, "label": labels}
 
 
 def main() -> None:

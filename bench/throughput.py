@@ -34,9 +34,9 @@ import torch
 
 from synthgen import __version__
 from synthgen.checkpoint import load_checkpoint
+from synthgen.inference import prepare_model
 from synthgen.plan import image_seeds
 from synthgen.rng import normal_from_seeds
-from synthgen.inference import prepare_model
 from synthgen.sampling import to_uint8
 
 HERE = os.path.dirname(os.path.abspath(__file__))

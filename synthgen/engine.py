@@ -74,11 +74,14 @@ class RunSummary:
     bytes: int
     seconds: float  # wall time of the whole run, cluster start included
     generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
-    actors: int = 0
     lanes: list[int] = field(default_factory=list)  # each actor's threads taking batches through the model
     device: str = ""  # the torch device(s) the actors run on
     gpu_ids: list[list[int]] = field(default_factory=list)  # Ray's GPU ids held by each actor
     retried_shards: list[int] = field(default_factory=list)
+
+    @property
+    def actors(self) -> int:
+        return len(self.lanes)
 
     @property
     def images_per_second(self) -> float:
@@ -189,8 +192,7 @@ def _use_cluster_token() -> None:
 def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, loc: storage.Location,
               todo: Iterator[ShardSpec], summary: RunSummary) -> None:
     pool = _ActorPool(config, worker)
-    summary.actors, summary.device, summary.gpu_ids = len(pool.actors), pool.device, pool.gpu_ids
-    summary.lanes = [shape.lanes for shape in pool.shapes]
+    summary.lanes, summary.device, summary.gpu_ids = [s.lanes for s in pool.shapes], pool.device, pool.gpu_ids
     bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
                disable=not config.progress, desc="generating", smoothing=0.1)
     saver = _ManifestSaver(loc, manifest)

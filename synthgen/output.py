@@ -81,11 +81,11 @@ def _still_running(holder: dict, host: str) -> bool:
     if holder.get("host") != host:
         return True
     try:
-        os.kill(int(holder.get("pid", -1)), 0)
+        os.kill(int(holder.get("pid", 0)), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True
+    except (PermissionError, ValueError, TypeError, OverflowError):  # another user's process, or no pid
+        pass
     return True
 
 

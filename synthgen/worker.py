@@ -29,7 +29,7 @@ from synthgen.imaging import encode_pngs, png_settings
 from synthgen.inference import prepare_model
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
-from synthgen.sampling import generate, make_deterministic
+from synthgen.sampling import MIN_BATCH, generate, make_deterministic
 from synthgen.worker_config import WorkerConfig
 from synthgen.writers import ShardWriter
 
@@ -53,7 +53,7 @@ def default_batch_size(device: str, image_shape: tuple[int, int, int]) -> int:
     """Rows per forward pass when the user gave none: enough to keep the device busy, bounded in memory."""
     base = GPU_BATCH if device.startswith("cuda") else CPU_BATCH
     _, height, width = image_shape
-    return max(64, base * REFERENCE_PIXELS // (height * width))
+    return max(MIN_BATCH, base * REFERENCE_PIXELS // (height * width))
 
 
 class ShardGenerator:

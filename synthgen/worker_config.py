@@ -31,7 +31,7 @@ def allocator_env(lanes: int) -> dict[str, str]:
     page-faults it in again on the next one (measured with two 96-row fp32 lanes: 4-6 minor faults and
     13-17 us of kernel time per image, ~5% of the CPU). Fixed thresholds above one batch's working set keep
     it in the process, and one arena per lane bounds how many copies of it are kept. End to end on 2 cores:
-    +6% images/s, actor memory unchanged (~410 MiB PSS; docs/benchmarks.md). Other allocators ignore these.
+    +2-6% images/s in paired runs, actor memory unchanged (~410 MiB PSS; docs/benchmarks.md). Other allocators ignore these.
     """
     return {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
             "MALLOC_ARENA_MAX": str(max(1, lanes))}

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen.plan import image_seeds
-from synthgen.plan import INFERENCE_FORMS
 from synthgen.inference import prepare_model
+from synthgen.plan import INFERENCE_FORMS, image_seeds
 from synthgen.sampling import generate, make_deterministic
 
 pytestmark = [pytest.mark.gpu,

@@ -82,7 +82,7 @@ def test_lanes_run_concurrently(tmp_path, tiny_checkpoint, monkeypatch):
 
     monkeypatch.setattr(worker_module, "generate", counting_generate)
     gen(SPEC)
-    assert peak[0] == 2  # both lanes were inside the model at once, never more
+    assert peak[0] == 2  # both lanes were inside the model at once
 
 
 def test_default_batch_shrinks_for_larger_images():
