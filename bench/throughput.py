@@ -1,8 +1,8 @@
 """Throughput and peak memory of synthgen run, against its limit and against a plain Ray Data pipeline.
 
 In one run on one machine, for each N:
-  (a) raw: the generator's forward pass alone (noise made beforehand), in this process - the ceiling -
-      for each precision;
+  (a) raw: the generator's forward pass alone (noise made beforehand) - the ceiling - for each precision, in
+      a fresh process started with the same glibc allocator settings as synthgen's actors;
   (b) synthgen run end to end (subprocess; rate while generating, and wall time including Ray start) for each
       precision x encoding, and with 1 and 2 actors;
   (c) bench/ray_data_pipeline.py: ray.data.range(N).map_batches(...).write_parquet(...), fp32 + PNG.
@@ -38,6 +38,8 @@ from synthgen.inference import prepare_model
 from synthgen.plan import image_seeds
 from synthgen.rng import normal_from_seeds
 from synthgen.sampling import to_uint8
+from synthgen.worker import CPU_BATCH
+from synthgen.worker_config import allocator_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,9 +79,27 @@ def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, preci
         torch.set_num_threads(threads)
 
 
-def raw_run(*args) -> dict:
-    """One raw measurement as a result row (arguments as :func:`raw_rate`)."""
-    return {"images_per_second": raw_rate(*args)}
+def raw_run(args, precision: str, lanes: int, count: int) -> dict:
+    """One raw measurement as a result row, in a fresh process: glibc reads its allocator settings only at
+    start-up, and the limit should run with the ones synthgen's actors get (worker_config.allocator_env);
+    with glibc's defaults a 256-row forward page-faults its activations in again on every batch."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--raw-once", precision, str(lanes), "--raw-count",
+           str(count), "--batch-size", str(args.batch_size)] + (["--model", args.model] if args.model else [])
+    env = {**os.environ, **allocator_env(len(os.sched_getaffinity(0)))}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr[-2000:]}")
+    return {"images_per_second": json.loads(proc.stdout.strip().splitlines()[-1])["images_per_second"]}
+
+
+def raw_once(args) -> None:
+    """The body of ``--raw-once PRECISION LANES``: print one raw rate as JSON."""
+    precision, lanes = args.raw_once[0], int(args.raw_once[1])
+    ckpt = load_checkpoint(args.model)
+    model = prepare_model(ckpt.model)  # the form synthgen's actors sample with
+    rate = raw_rate(model, ckpt.config.latent_dim, ckpt.config.num_classes, args.raw_count, args.batch_size,
+                    precision, lanes)
+    print(json.dumps({"images_per_second": rate}))
 
 
 class TreeMemory:
@@ -151,7 +171,7 @@ def ray_data_rate(count: int, args, out: str, form: str) -> dict:
     return {"images_per_second": line["images_per_second"], "wall_s": round(wall, 1), **mem}
 
 
-def measure_all(count: int, ckpt, model, args, scratch: str) -> list[dict]:
+def measure_all(count: int, args, scratch: str) -> list[dict]:
     """One row per configuration at ``count``: the median of ``args.repeats`` runs, taken round-robin so
     that a slow spell of a shared VM hits every configuration alike; peak memory is the largest seen."""
     cores = len(os.sched_getaffinity(0))
@@ -162,8 +182,7 @@ def measure_all(count: int, ckpt, model, args, scratch: str) -> list[dict]:
         for lanes in (1, cores) if cores > 1 else (1,):
             tasks.append(({"what": "raw forward", "precision": precision, "lanes": lanes,
                            "torch_threads": torch.get_num_threads() if lanes == 1 else 1},
-                          partial(raw_run, model, ckpt.config.latent_dim, ckpt.config.num_classes, raw_count,
-                                  args.batch_size, precision, lanes)))
+                          partial(raw_run, args, precision, lanes, raw_count)))
     for form in args.ray_data_forms:
         tasks.append(({"what": "ray data pipeline", "precision": "fp32", "encoding": "png", "form": form},
                       partial(ray_data_rate, count, args, os.path.join(scratch, "rd"), form)))
@@ -209,8 +228,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    parser.add_argument("--batch-size", type=int, default=96, help="rows per forward pass for the raw forward "
-                        "and synthgen run (synthgen's CPU default)")
+    parser.add_argument("--batch-size", type=int, default=CPU_BATCH, help="rows per forward pass for the raw "
+                        "forward and synthgen run (default: synthgen's CPU default)")
     parser.add_argument("--ray-data-batch-size", type=int, default=256, help="map_batches batch size")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--encodings", nargs="+", default=["png", "raw"])
@@ -222,10 +241,12 @@ def main() -> None:
                         help="model form in the Ray Data pipeline: plain = as loaded (the comparison), "
                              "fast = synthgen's inference form")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--raw-once", nargs=2, metavar=("PRECISION", "LANES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.raw_once:
+        return raw_once(args)
 
     ckpt = load_checkpoint(args.model)
-    model = prepare_model(ckpt.model)  # the form synthgen's actors sample with
     env = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                       f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB, {cpu_name()}",
            "python": platform.python_version(), "torch": torch.__version__, "synthgen": __version__,
@@ -237,7 +258,7 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="synthgen-bench-")
     try:
         for count in args.counts:
-            for row in measure_all(count, ckpt, model, args, scratch):
+            for row in measure_all(count, args, scratch):
                 print(json.dumps(row), flush=True)
                 results.append(row)
     finally:

@@ -53,7 +53,7 @@ class RunConfig:
     shard_size: int = 10_000
     seed: int = 0
     labels: str | None = None
-    batch_size: int | None = None  # None: 96 on CPU, 2048 on a GPU (fewer for larger images)
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU (fewer for larger images)
     precision: str = "fp32"
     gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
     workers: int | None = None  # CPU actors when running without GPUs; None = one per node (8 lanes at most)

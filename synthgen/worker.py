@@ -35,11 +35,12 @@ from synthgen.writers import ShardWriter
 
 # Default rows per forward pass for a 28x28 image; larger images get proportionally fewer rows (never under
 # MIN_BATCH), so one batch's activations stay near the same size. Rows per pass never change the pixels.
-# On CPU, oneDNN's transposed convolution takes a scratch buffer of ~0.3 MB per row (bundled model, fp32);
-# above 32 MiB glibc maps each one afresh, and every batch page-faults it in again. Measured with two lanes:
-# 256 rows, 13-20 faults and ~35 us of kernel time per image; 96 rows, 2-5 faults, ~12 us, 3-5% less CPU
-# per image and ~40 MiB less memory.
-CPU_BATCH, GPU_BATCH = 96, 2048
+# On CPU a batch's activations and oneDNN scratch (~0.3 MB per row, bundled model, fp32) must stay under the
+# actor's fixed mmap threshold (worker_config.allocator_env, 64 MiB), or every batch maps and page-faults them
+# afresh: 256 rows stay under it (~1.3k faults/s, as at 96), 512 rows do not (~52k faults/s, +200 MiB PSS).
+# Measured on 2 cores, one actor x 2 lanes, 100k images, 5 interleaved runs with Ray kept up: 96 rows
+# 10.5k images/s, 256 rows 11.2k (+7%); 512 and 1024 no faster than 256 (docs/benchmarks.md).
+CPU_BATCH, GPU_BATCH = 256, 2048
 REFERENCE_PIXELS = 28 * 28
 
 

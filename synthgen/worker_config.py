@@ -17,7 +17,7 @@ class WorkerConfig:
     layout: Layout
     seed: int
     labels: dict  # LabelPlan.to_json()
-    batch_size: int | None = None  # None: 96 on CPU, 2048 on a GPU, fewer for images above 28x28
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU, fewer for images above 28x28
     precision: str = "fp32"
     device: str = "auto"  # auto = cuda when this process sees a GPU
     threads: int = 0  # lanes (threads taking whole batches through model + encoder); 0 = one per usable CPU

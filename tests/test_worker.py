@@ -86,7 +86,7 @@ def test_lanes_run_concurrently(tmp_path, tiny_checkpoint, monkeypatch):
 
 
 def test_default_batch_shrinks_for_larger_images():
-    assert default_batch_size("cpu", (1, 28, 28)) == 96
+    assert default_batch_size("cpu", (1, 28, 28)) == 256
     assert default_batch_size("cuda:0", (1, 28, 28)) == 2048
     assert default_batch_size("cpu", (3, 64, 64)) == 64
     assert default_batch_size("cuda", (3, 128, 128)) == 98

@@ -33,7 +33,7 @@ def run(
         help="Label plan: balanced (default), one class (malignant or 0), or weights (malignant=0.7,normal=0.3)."
     )] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        help="Images per forward pass; does not change the output (default: 96 on CPU, 2048 on a GPU, "
+        help="Images per forward pass; does not change the output (default: 256 on CPU, 2048 on a GPU, "
              "fewer above 28x28).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); part of the dataset identity."
                                            )] = "fp32",
