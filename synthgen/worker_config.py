@@ -25,13 +25,16 @@ class WorkerConfig:
 
 
 def allocator_env(lanes: int) -> dict[str, str]:
-    """Environment for a generation actor's process: glibc malloc settings, read when the process starts.
+    """Environment for a generation actor's process: allocator settings, read when the process starts.
 
-    With glibc's defaults an actor hands freed activation memory back to the kernel between batches and
+    glibc: with its defaults an actor hands freed activation memory back to the kernel between batches and
     page-faults it in again on the next one (measured with two 96-row fp32 lanes: 4-6 minor faults and
     13-17 us of kernel time per image, ~5% of the CPU). Fixed thresholds above one batch's working set keep
     it in the process, and one arena per lane bounds how many copies of it are kept. End to end on 2 cores:
-    +2-6% images/s in paired runs, actor memory unchanged (~410 MiB PSS; docs/benchmarks.md). Other allocators ignore these.
+    +2-6% images/s in paired runs, actor memory unchanged (docs/benchmarks.md).
+    Arrow: the Parquet writers allocate through glibc too, not pyarrow's default mimalloc pool, which kept
+    freed pages of the raw-pixel writer: two 10k-image raw shards at a time grew one process by 260 MiB with
+    mimalloc, 170 MiB with the system pool (PNG: 160 MiB either way); writer speed the same.
     """
     return {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
-            "MALLOC_ARENA_MAX": str(max(1, lanes))}
+            "MALLOC_ARENA_MAX": str(max(1, lanes)), "ARROW_DEFAULT_MEMORY_POOL": "system"}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +18,7 @@ from synthgen.checkpoint import inspect_checkpoint
 from synthgen.imaging import decode_png
 from synthgen.plan import ShardSpec, parse_label_plan
 from synthgen.worker import ShardGenerator, default_batch_size
-from synthgen.worker_config import WorkerConfig
+from synthgen.worker_config import WorkerConfig, allocator_env
 from synthgen.writers import Layout
 
 
@@ -101,3 +104,12 @@ def test_overlapping_calls_write_the_same_shards(tmp_path, tiny_checkpoint):
     with ThreadPoolExecutor(2) as calls:
         records = list(calls.map(overlapping, specs))
     assert [r.sha256 for r in records] == expected
+
+
+def test_allocator_env_reaches_arrow():
+    """Read only at process start, so checked in a fresh process started with the actor's environment."""
+    env = {**os.environ, **allocator_env(2)}
+    code = "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "system"
+    assert allocator_env(2)["MALLOC_ARENA_MAX"] == "2" and allocator_env(0)["MALLOC_ARENA_MAX"] == "1"
