@@ -81,6 +81,18 @@ def test_metrics_on_known_distributions():
     assert metrics.roc_auc(np.array([0, 1, 2, 1]), three) == 1.0
 
 
+def test_nearest_puts_exact_copies_at_distance_zero():
+    """The fast |x|^2 + |y|^2 - 2xy form left copies at ~5e-7 with some BLAS kernels; copies must read 0."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (300, 784)).astype(np.float32) / 255  # scans in [0, 1], as fx.pixels gives
+    idx, dist = metrics.nearest(ref[[3, 50, 77]], ref, 2)
+    assert idx[:, 0].tolist() == [3, 50, 77] and dist[:, 0].tolist() == [0.0, 0.0, 0.0]
+    brute = np.sqrt(((ref[3] - ref.astype(np.float64)) ** 2).sum(1))
+    assert dist[0, 1] == pytest.approx(np.sort(brute)[1])
+    idx, dist = metrics.nearest(ref[:5], ref, 1, exclude_self=True)
+    assert (dist[:, 0] > 0).all() and (idx[:, 0] != np.arange(5)).all()
+
+
 def test_real_against_itself_is_near_zero(breast_npz, copies, tmp_path):
     report = quick(breast_npz, copies, tmp_path)
     fk = report["fid_kid"]
