@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 from typing import Iterator
@@ -20,6 +21,10 @@ from synthgen.verify import check_shard
 
 OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
 LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
+# What synthgen writes inside its folders (writers.shard_file, writers.image_file): anything else there is
+# the user's, and --overwrite refuses rather than delete it with the folder.
+OUR_INNER_FILES = {"data": re.compile(r"shard-\d{5,}\.parquet"), "meta": re.compile(r"shard-\d{5,}\.parquet"),
+                   "images": re.compile(r"[^/]+/\d{9,}\.png")}
 
 
 @contextlib.contextmanager
@@ -151,6 +156,20 @@ def _subdirs(loc: storage.Location) -> list[str]:
     return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
 
 
+def _foreign_inner_files(loc: storage.Location) -> list[str]:
+    """Files under data/, meta/ and images/ (relative to the root) that no synthgen run writes there."""
+    foreign = []
+    for folder, pattern in OUR_INNER_FILES.items():
+        root = loc.join(folder)
+        if not storage.is_dir(loc, root):
+            continue
+        for path in storage.list_files(loc, root, recursive=True):
+            inner = path[len(root):].lstrip("/")
+            if not pattern.fullmatch(inner) and not inner.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX):
+                foreign.append(f"{folder}/{inner}")
+    return foreign
+
+
 def _is_ours(name: str) -> bool:
     return name in OUR_FILES or name.startswith(storage.TMP_PREFIX)
 
@@ -158,6 +177,10 @@ def _is_ours(name: str) -> bool:
 def _delete_dataset(loc: storage.Location) -> None:
     if not storage.exists(loc, loc.root):
         return
+    foreign = _foreign_inner_files(loc)
+    if foreign:
+        raise SynthgenError(f"--out {loc.uri}: --overwrite would delete files synthgen did not write "
+                            f"({', '.join(foreign[:3])}); move them out of the dataset first")
     names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc)
     # the manifest goes last: a deletion cut short still leaves a dataset that --overwrite may replace
     for name in sorted(names, key=lambda n: n == mf.MANIFEST_FILE):

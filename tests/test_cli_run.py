@@ -66,6 +66,20 @@ def test_other_settings_are_refused_unless_overwrite(dataset, tiny_checkpoint, t
     assert invoke("verify", str(copy)).exit_code == 0
 
 
+def test_overwrite_refuses_to_delete_a_users_file_inside_the_dataset(dataset, tiny_checkpoint, tmp_path):
+    copy = tmp_path / "with-notes"
+    shutil.copytree(dataset, copy)
+    (copy / "data" / "labels-by-hand.csv").write_text("precious")
+    shards = sorted(p.name for p in (copy / "data").iterdir())
+    result = invoke(*run_args(tiny_checkpoint, copy, "--seed", "5", "--overwrite"))
+    assert result.exit_code == 1
+    assert "would delete files synthgen did not write (data/labels-by-hand.csv)" in result.output
+    assert sorted(p.name for p in (copy / "data").iterdir()) == shards  # nothing deleted
+    assert invoke("verify", str(copy)).exit_code == 0
+    (copy / "data" / "labels-by-hand.csv").unlink()
+    assert invoke(*run_args(tiny_checkpoint, copy, "--seed", "5", "--overwrite")).exit_code == 0
+
+
 @pytest.mark.parametrize("field, before, now", [
     ("inference_form", "plain", INFERENCE_FORM),  # synthgen 0.1.0 sampled the model as loaded
     ("parquet_compression", "snappy", "zstd"),  # before 0.3.0
