@@ -72,17 +72,21 @@ def committed_shards(uri: str) -> int:
         return 0
 
 
+COUNT = 60_000
+
+
 def test_generate_sigkill_resume_verify_on_s3(s3_server, bucket_with_model, aws_env, tiny_checkpoint, tmp_path,
                                               ray_local):
     out = f"s3://{BUCKET}/datasets/ds"  # the endpoint comes from AWS_ENDPOINT_URL_S3, as for any AWS tool
     query_out = f"{out}?{endpoint_query(s3_server)}"  # the same place, for this process
-    # big enough that the kill below lands mid-run, with a manifest saved at most once a second
-    args = ["run", "--count", "20000", "--shard-size", "1000", "--batch-size", "50", "--seed", "3",
+    # big enough that the kill below lands mid-run, with a manifest saved at most once a second (20,000 images
+    # were all committed before the kill once a faster CPU made ~10k images/s)
+    args = ["run", "--count", str(COUNT), "--shard-size", "1000", "--batch-size", "50", "--seed", "3",
             "--model", bucket_with_model, "--out", out, "--gpus", "0", "--workers", "1", "--no-progress"]
     driver = subprocess.Popen([sys.executable, "-m", "synthgen", *args], env=aws_env, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 180
-    while committed_shards(query_out) < 2:
+    while committed_shards(query_out) < 1:  # the first shard's commit saves the manifest at once
         assert driver.poll() is None, driver.communicate()[1].decode()[-3000:]
         assert time.time() < deadline, "no shard was committed"
         time.sleep(0.1)
@@ -93,7 +97,7 @@ def test_generate_sigkill_resume_verify_on_s3(s3_server, bucket_with_model, aws_
         proc.kill()
 
     report = verify_dataset(query_out)
-    assert not report.ok and 0 < report.rows < 20000 and "incomplete" in report.problems[0]
+    assert not report.ok and 0 < report.rows < COUNT and "incomplete" in report.problems[0]
     for key in keys(s3_server, "datasets/ds/data/"):  # whatever has a final name is a whole shard
         name = key.rsplit("/", 1)[-1]
         if name and not name.startswith(storage.TMP_PREFIX):  # not the directory marker, not a temporary
@@ -103,20 +107,21 @@ def test_generate_sigkill_resume_verify_on_s3(s3_server, bucket_with_model, aws_
 
     boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").put_object(
-        Bucket=BUCKET, Key=f"datasets/ds/data/{storage.TMP_PREFIX}0123456789ab-shard-00019.parquet", Body=b"half")
+        Bucket=BUCKET, Key=f"datasets/ds/data/{storage.TMP_PREFIX}0123456789ab-shard-{COUNT // 1000 - 1:05d}.parquet",
+        Body=b"half")
     again = subprocess.run([sys.executable, "-m", "synthgen", *args], env=aws_env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr
-    made = int(re.search(r"done: (\d+) new images \(20000 in the dataset\)", again.stdout).group(1))
-    assert made == 20000 - report.rows
+    made = int(re.search(rf"done: (\d+) new images \({COUNT} in the dataset\)", again.stdout).group(1))
+    assert made == COUNT - report.rows
     verified = subprocess.run([sys.executable, "-m", "synthgen", "verify", out], env=aws_env, capture_output=True,
                               text=True, timeout=120)
-    assert verified.returncode == 0 and "20000 rows in 20 shards" in verified.stdout, verified.stderr
+    assert verified.returncode == 0 and f"{COUNT} rows in {COUNT // 1000} shards" in verified.stdout, verified.stderr
     assert not [k for k in keys(s3_server, "datasets/ds/") if f"/{storage.TMP_PREFIX}" in k]  # cleaned up
 
     # The same job on local disk gives the same bytes, shard by shard.
     local = tmp_path / "local"
-    run(RunConfig(count=20000, out=str(local), model=tiny_checkpoint, shard_size=1000, batch_size=50, seed=3,
+    run(RunConfig(count=COUNT, out=str(local), model=tiny_checkpoint, shard_size=1000, batch_size=50, seed=3,
                   gpus=0, workers=1, progress=False))
     loc = storage.locate(query_out)
     on_s3 = json.loads(storage.read_bytes(loc, loc.join("manifest.json")))
