@@ -94,8 +94,8 @@ def nearest(query: np.ndarray, ref: np.ndarray, k: int = 2, exclude_self: bool =
         part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else np.argsort(d, axis=1)[:, :k]
         # the expansion |x|^2 + |y|^2 - 2xy cancels inexactly (an exact copy came out at 5e-7 with this
         # CPU's BLAS): the k found are measured again directly, so a copy is at distance 0 exactly
-        rows = np.asarray(query[start:start + _CHUNK], np.float64)[:, None, :]  # (chunk, 1, D)
-        exact = np.sqrt(((rows - np.asarray(ref[part], np.float64)) ** 2).sum(-1))  # (chunk, k)
+        queries = np.asarray(query[start:start + _CHUNK], np.float64)[:, None, :]  # (chunk, 1, D)
+        exact = np.sqrt(((queries - np.asarray(ref[part], np.float64)) ** 2).sum(-1))  # (chunk, k)
         order = exact.argsort(1, kind="stable")
         idx[start:start + len(d)] = np.take_along_axis(part, order, 1)
         dist[start:start + len(d)] = np.take_along_axis(exact, order, 1)
