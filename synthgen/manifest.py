@@ -132,8 +132,12 @@ def write_card(loc: storage.Location, manifest: Manifest) -> None:
     counts = "\n".join(f"| {name} | {n} |" for name, n in manifest.class_counts().items()) or "| (none) | |"
     training = model.get("training", {})
     files = "data/shard-*.parquet" if job["format"] == "parquet" else "images/<class>/<index>.png + metadata.parquet"
-    loader = ('load_dataset("parquet", data_dir="DIR/data", split="train")'
-              if job["format"] == "parquet" else 'load_dataset("imagefolder", data_dir="DIR/images", split="train")')
+    if job["format"] == "parquet":
+        loader = 'load_dataset("parquet", data_dir="DIR/data", split="train")'
+        ray_line = 'ray.data.read_parquet("DIR/data")  # or pyarrow.dataset.dataset("DIR/data")'
+    else:  # index, seed and label of each file are in DIR/metadata.parquet
+        loader = 'load_dataset("imagefolder", data_dir="DIR/images", split="train")'
+        ray_line = 'ray.data.read_images("DIR/images", include_paths=True)  # labels: DIR/metadata.parquet'
     text = f"""---
 license: cc-by-4.0
 tags: [synthetic, synthgen]
@@ -157,7 +161,7 @@ Every image is reproducible: image *i* depends only on the model, the base seed,
 ```python
 from datasets import load_dataset
 ds = {loader}
-import ray; ray.data.read_parquet("DIR/data")  # or pyarrow.dataset.dataset("DIR/data")
+import ray; {ray_line}
 ```
 
 ## Provenance and license

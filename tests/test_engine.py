@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -76,6 +77,10 @@ def test_png_format_has_the_same_images(tmp_path, tiny_checkpoint, reference):
         assert (expected[index][idat + 2] >> 1) & 3 == 0  # BTYPE 00: a stored (uncompressed) block
     jobs = [json.loads(Path(c.out, "manifest.json").read_text())["job"] for c in (config, reference)]
     assert [j["png_encoder"] for j in jobs] == [png_encoder_name(png_settings(f)) for f in ("png", "parquet")]
+    for c in (config, reference):  # the card's loading recipe names paths that exist in that layout
+        card = Path(c.out, "README.md").read_text()
+        named = set(re.findall(r'"DIR/([^"]+)"', card[card.index("## Load"):]))
+        assert named and all(Path(c.out, p).exists() for p in named), (c.format, named)
 
 
 def test_truncated_shard_is_caught_by_verify_and_redone_by_resume(tmp_path, tiny_checkpoint, reference):
