@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -32,6 +31,7 @@ from synthgen import storage
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, to_pil
 from synthgen.readers import ImageSet, load_images
+from synthgen.writers import raw_pixels
 
 Transform = Callable[[Image.Image], Any]
 
@@ -166,8 +166,9 @@ class _RowGroupReader:
             cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
             if image_col == "image":
                 images = table.column("image").combine_chunks()
-                if isinstance(images, pa.FixedShapeTensorArray):  # --encoding raw: pixels, no decoding
-                    cols["pixels"] = images.to_numpy_ndarray()  # (rows, H, W, C) uint8
+                pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
+                if pixels is not None:
+                    cols["pixels"] = pixels  # (rows, H, W, C) uint8
                 else:
                     cols["png"] = images.field("bytes").to_pylist()
             else:

@@ -32,7 +32,7 @@ from synthgen.output import output_lock, prepare_output
 from synthgen.plan import INFERENCE_FORM, ShardSpec, parse_label_plan, plan_shards
 from synthgen.settings import check_run_settings
 from synthgen.worker_config import WorkerConfig, allocator_env
-from synthgen.writers import PARQUET_COMPRESSION, Layout, write_png_metadata
+from synthgen.writers import PARQUET_COMPRESSION, RAW_LAYOUT, Layout, write_png_metadata
 
 # Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
 # take batches first come, first served), so its cores stay busy while one shard drains and commits.
@@ -129,7 +129,8 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
            "encoding": config.encoding, "precision": config.precision, "inference_form": INFERENCE_FORM,
            "labels": plan.to_json(),
            "png_encoder": png_encoder_name(png_settings(config.format)) if config.encoding == "png" else None,
-           "parquet_compression": PARQUET_COMPRESSION}
+           "parquet_compression": PARQUET_COMPRESSION,
+           "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None}
     model = {"source": source, "fingerprint": fingerprint, "arch": ckpt.arch, "image_shape": ckpt.image_shape,
              "latent_dim": ckpt.latent_dim, "class_names": ckpt.class_names, "training": ckpt.training}
     c, h, w = ckpt.image_shape

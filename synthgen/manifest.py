@@ -20,9 +20,9 @@ FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
-                   "png_encoder", "parquet_compression")
+                   "png_encoder", "parquet_compression", "raw_layout")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
-# before 0.3.0 every Parquet file was snappy-compressed.
+# before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
 BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy"}
 
 
@@ -58,6 +58,8 @@ class Manifest:
 
     def identity(self) -> dict[str, Any]:
         job = {**BEFORE_RECORDED, **self.job}
+        if "raw_layout" not in job:  # before 0.4.0 raw pixels were Arrow's fixed_shape_tensor
+            job["raw_layout"] = "fixed_shape_tensor" if job.get("encoding") == "raw" else None
         return {**{k: job[k] for k in IDENTITY_FIELDS}, "model_fingerprint": self.model["fingerprint"]}
 
     def rows_done(self) -> int:

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from synthgen import storage
 from synthgen.errors import SynthgenError
-from synthgen.writers import Layout
+from synthgen.writers import Layout, raw_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB
@@ -197,7 +197,7 @@ def _read_parquet(loc: storage.Location, paths: list[str],
         _hash_member(h, _rel(loc, path) or posixpath.basename(path), data)
         table = _parquet_table(data, path)
         names = names if names is not None else _hf_label_names(table.schema)
-        arrays += _parquet_images(table.column("image"), path)
+        arrays += _parquet_images(table.column("image"), table.schema.field("image"), path)
         labels.append(_parquet_labels(table, path))
     if not arrays:
         raise SynthgenError(f"{loc.uri}: zero images in {len(paths)} Parquet file(s)")
@@ -218,12 +218,18 @@ def _parquet_table(data: bytes, path: str) -> pa.Table:
     return table
 
 
-def _parquet_images(column: pa.ChunkedArray, path: str) -> list[tuple[str, np.ndarray]]:
-    """Decode an image column: HF's struct {bytes, path}, raw PNG/JPEG bytes, or synthgen's uint8 tensors."""
-    if isinstance(column.type, pa.FixedShapeTensorType):  # synthgen --encoding raw: (H, W, C) per row
+def _parquet_images(column: pa.ChunkedArray, field: pa.Field, path: str) -> list[tuple[str, np.ndarray]]:
+    """Decode an image column: HF's struct {bytes, path}, raw PNG/JPEG bytes, or synthgen's raw pixels."""
+    if isinstance(column.type, pa.FixedShapeTensorType):  # synthgen 0.2-0.3 --encoding raw
         if column.type.value_type != pa.uint8() or len(column.type.shape) != 3 or column.type.shape[2] not in (1, 3):
             raise SynthgenError(f"{path}: 'image' tensors must be uint8 (H, W, 1 or 3), got {column.type}")
-        stacked = column.combine_chunks().to_numpy_ndarray() if len(column) else np.zeros((0, 1, 1, 1), np.uint8)
+    try:
+        stacked = raw_pixels(column, field)  # synthgen --encoding raw: (N, H, W, C)
+    except ValueError as err:
+        raise SynthgenError(f"{path}: {err}") from None
+    if stacked is not None:
+        if stacked.shape[3] not in (1, 3):
+            raise SynthgenError(f"{path}: raw 'image' pixels must have 1 or 3 channels, got shape {stacked.shape[1:]}")
         return [(f"{path} row {k}", img) for k, img in enumerate(stacked)]
     out = []
     for k, cell in enumerate(column.to_pylist()):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen import manifest as mf
@@ -16,6 +15,7 @@ from synthgen.imaging import decode_png, encode_png, png_settings
 from synthgen.inference import prepare_model
 from synthgen.plan import LabelPlan, image_seeds
 from synthgen.sampling import generate
+from synthgen.writers import raw_pixels
 
 
 @dataclass
@@ -78,7 +78,6 @@ def _stored_image(loc: storage.Location, fmt: str, record: mf.ShardRecord, index
     if fmt == "png":
         return storage.read_bytes(loc, loc.join(table.column("file_name")[0].as_py()))
     column = table.column("image").combine_chunks()
-    if isinstance(column, pa.FixedShapeTensorArray):
-        return column.to_numpy_ndarray()[0]
-    return column[0]["bytes"].as_py()
+    pixels = raw_pixels(column, table.schema.field("image"))  # (1, H, W, C) for raw encoding
+    return pixels[0] if pixels is not None else column[0]["bytes"].as_py()
 

@@ -1,8 +1,12 @@
 """Shard writers: Parquet shards with a Hugging Face image column, or a PNG ImageFolder tree.
 
 Parquet shards store each image either as PNG bytes (``encoding="png"``, Hugging Face's Image struct) or as
-raw uint8 pixels (``encoding="raw"``, Arrow's canonical ``fixed_shape_tensor`` [H, W, C], for training code
-that wants tensors without a decode step; Hugging Face ``datasets`` cannot read that extension type yet).
+raw uint8 pixels (``encoding="raw"``, for training code that wants no decode step): one ``fixed_size_binary``
+value of H*W*C bytes per row, row-major (H, W, C), the shape in the column's field metadata
+(:func:`raw_pixels` reads it back). Not Arrow's ``fixed_shape_tensor``, which synthgen 0.2-0.3 wrote and
+still reads: its list storage makes Parquet write and read levels for every pixel (bundled model, 10k
+images: 8.4 vs 0.87 us per image to write, 1.8 vs 0.4 to read, the same 748 B per image), and Hugging Face
+``datasets`` cannot load it, while it loads fixed-size binary as bytes.
 
 Both take rows in index order (any batching) and produce bytes that depend only on the rows: Parquet row
 groups are cut every ``ROW_GROUP_ROWS`` rows counted from the shard's start, never at batch boundaries.
@@ -32,6 +36,7 @@ ROW_GROUP_ROWS = 1024
 PARQUET_COMPRESSION = "zstd"
 FORMATS = ("parquet", "png")
 ENCODINGS = ("png", "raw")
+RAW_LAYOUT = "fixed_size_binary"  # recorded in the manifest: "fixed_shape_tensor" before synthgen 0.4.0
 UNLABELED = "unlabeled"
 
 
@@ -71,13 +76,36 @@ def hf_features(class_names: tuple[str, ...], encoding: str = "png") -> dict[str
 
 def image_type(layout: Layout) -> pa.DataType:
     if layout.encoding == "raw":
-        return pa.fixed_shape_tensor(pa.uint8(), list(layout.image_shape))
+        return pa.binary(int(np.prod(layout.image_shape)))
     return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
+def raw_pixels(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> np.ndarray | None:
+    """(N, H, W, C) uint8 pixels of a raw image column, or None when ``column`` holds none.
+
+    Reads synthgen's fixed-size binary (shape from the field metadata) and the ``fixed_shape_tensor`` of
+    datasets written by synthgen 0.2-0.3.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column.type, pa.FixedShapeTensorType):
+        return column.to_numpy_ndarray() if len(column) else np.zeros((0, *column.type.shape), np.uint8)
+    shape = json.loads((field.metadata or {}).get(b"shape", b"null"))
+    if not pa.types.is_fixed_size_binary(column.type) or not isinstance(shape, list) or len(shape) != 3:
+        return None
+    if int(np.prod(shape)) != column.type.byte_width or column.null_count:
+        raise ValueError(f"raw image column: {column.type.byte_width} bytes per row do not hold shape {shape}")
+    if not len(column):
+        return np.zeros((0, *shape), np.uint8)
+    flat = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * column.type.byte_width,
+                         offset=column.offset * column.type.byte_width)
+    return flat.reshape(len(column), *shape)
+
+
 def parquet_schema(layout: Layout) -> pa.Schema:
-    schema = pa.schema([("image", image_type(layout)), ("index", pa.int64()), ("seed", pa.uint64()),
-                        ("label", pa.int64())])
+    shape = {"shape": json.dumps(list(layout.image_shape))} if layout.encoding == "raw" else None
+    schema = pa.schema([pa.field("image", image_type(layout), metadata=shape), ("index", pa.int64()),
+                        ("seed", pa.uint64()), ("label", pa.int64())])
     hf = {"info": {"features": hf_features(layout.class_names, layout.encoding)}}
     return schema.with_metadata({"huggingface": json.dumps(hf), "synthgen": json.dumps(layout.file_metadata,
                                                                                       sort_keys=True)})
@@ -142,10 +170,10 @@ class ShardWriter:
 
     def _parquet_rows(self, indices, seeds, labels, images) -> pa.RecordBatch:
         if self.layout.encoding == "raw":
-            # built from storage: from_numpy_ndarray guesses a permutation when a dimension has size 1
-            flat = pa.array(np.ascontiguousarray(images).reshape(-1), pa.uint8())
-            storage_array = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(self.layout.image_shape)))
-            image = pa.ExtensionArray.from_storage(image_type(self.layout), storage_array)
+            pixels = np.ascontiguousarray(images, dtype=np.uint8)  # (B, H, W, C); the buffer keeps it alive
+            assert pixels.shape[1:] == tuple(self.layout.image_shape), (pixels.shape, self.layout.image_shape)
+            image = pa.FixedSizeBinaryArray.from_buffers(image_type(self.layout), len(pixels),
+                                                         [None, pa.py_buffer(pixels)])
         else:
             paths = pa.array([f"{i:09d}.png" for i in indices.tolist()], pa.string())
             image = pa.StructArray.from_arrays([pa.array(images, pa.binary()), paths], names=["bytes", "path"])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from synthgen.engine import RunConfig, run, split_lanes
 from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_settings
 from synthgen.verify import verify_dataset
+from synthgen.writers import raw_pixels
 
 
 def images_by_index(out: str) -> dict[int, bytes]:
@@ -180,7 +182,9 @@ def test_raw_and_png_encodings_hold_the_same_pixels(tmp_path, tiny_checkpoint, r
     run(raw)
     assert verify_dataset(raw.out).ok
     table = pq.read_table(Path(raw.out, "data"), columns=["index", "image"])
-    pixels = table.column("image").combine_chunks().to_numpy_ndarray()  # (N, H, W, C)
+    field = table.schema.field("image")  # one value of H*W*C bytes per row, the shape beside it
+    assert field.type == pa.binary(28 * 28) and field.metadata == {b"shape": b"[28, 28, 1]"}
+    pixels = raw_pixels(table.column("image"), field)  # (N, H, W, C)
     assert pixels.shape == (300, 28, 28, 1) and pixels.dtype == np.uint8
     stored = images_by_index(png.out)
     for k, index in enumerate(table.column("index").to_pylist()):

@@ -19,7 +19,7 @@ from synthgen.imaging import decode_png
 from synthgen.plan import ShardSpec, parse_label_plan
 from synthgen.worker import ShardGenerator, default_batch_size
 from synthgen.worker_config import WorkerConfig, allocator_env
-from synthgen.writers import Layout
+from synthgen.writers import Layout, raw_pixels
 
 
 def worker(tmp_path, checkpoint, name, *, encoding="png", device="cpu", **kw) -> ShardGenerator:
@@ -34,8 +34,8 @@ def worker(tmp_path, checkpoint, name, *, encoding="png", device="cpu", **kw) ->
 def shard_images(tmp_path, name) -> tuple[list[int], list]:
     table = pq.read_table(tmp_path / name / "data", columns=["index", "image"])
     column = table.column("image").combine_chunks()
-    images = (list(column.to_numpy_ndarray()) if isinstance(column, pa.FixedShapeTensorArray)
-              else [r["bytes"] for r in column.to_pylist()])
+    pixels = raw_pixels(column, table.schema.field("image"))
+    images = list(pixels) if pixels is not None else [r["bytes"] for r in column.to_pylist()]
     return table.column("index").to_pylist(), images
 
 

@@ -4,6 +4,7 @@ import hashlib
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from synthgen import storage
 from synthgen.imaging import decode_png, encode_png
 from synthgen.plan import ShardSpec
-from synthgen.writers import PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter
+from synthgen.writers import PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter, raw_pixels
 
 CLASSES = ("malignant", "normal")
 
@@ -81,3 +82,37 @@ def test_hf_datasets_ray_data_and_pyarrow_read_the_shards(tmp_path, ray_local, m
     rows = ray_local.data.read_parquet(str(tmp_path / "ds" / "data")).take(3)
     assert len(rows) == 3 and set(rows[0]) >= {"image", "index", "seed", "label"}
     assert pads.dataset(str(tmp_path / "ds" / "data"), format="parquet").count_rows() == 200
+
+
+def test_raw_pixels_are_fixed_size_binary_that_hf_and_pyarrow_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    layout = Layout("parquet", CLASSES, encoding="raw", image_shape=(28, 14, 3))
+    writer = ShardWriter(storage.locate(tmp_path / "ds"), layout, ShardSpec(0, 0, 50))
+    pixels = np.random.default_rng(0).integers(0, 256, (50, 28, 14, 3), dtype=np.uint8)
+    for s in range(0, 50, 16):  # batches that do not divide the shard
+        rows = np.arange(s, min(s + 16, 50))
+        writer.add(rows, rows.astype(np.uint64), rows % 2, pixels[s:s + 16])
+    writer.commit()
+    table = pq.read_table(tmp_path / "ds" / "data")
+    field = table.schema.field("image")
+    assert field.type == pa.binary(28 * 14 * 3) and field.metadata == {b"shape": b"[28, 14, 3]"}
+    assert np.array_equal(raw_pixels(table.column("image"), field), pixels)
+    assert np.array_equal(raw_pixels(table.column("image").slice(7, 5), field), pixels[7:12])  # offsets
+    from datasets import load_dataset
+    ds = load_dataset("parquet", data_dir=str(tmp_path / "ds" / "data"), split="train")
+    assert np.frombuffer(ds[9]["image"], np.uint8).reshape(28, 14, 3).tolist() == pixels[9].tolist()
+
+
+def test_raw_pixels_reads_the_tensor_layout_of_synthgen_0_3():
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 6, 5, 1), dtype=np.uint8)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1), pa.uint8()), 30)
+    tensors = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.uint8(), [6, 5, 1]), flat)
+    assert np.array_equal(raw_pixels(tensors, pa.field("image", tensors.type)), pixels)
+    png_column = pa.array([{"bytes": b"x", "path": None}])
+    assert raw_pixels(png_column, pa.field("image", png_column.type)) is None
+    unlabelled = pa.array([b"ab"], pa.binary(2))  # fixed-size binary without synthgen's shape: not ours
+    assert raw_pixels(unlabelled, pa.field("image", unlabelled.type)) is None
+    wrong = pa.field("image", unlabelled.type, metadata={"shape": "[2, 2, 1]"})
+    with pytest.raises(ValueError, match="2 bytes per row do not hold shape"):
+        raw_pixels(unlabelled, wrong)
