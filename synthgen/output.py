@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import time
 from typing import Iterator
@@ -18,13 +17,13 @@ from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.errors import SynthgenError
 from synthgen.verify import check_shard
+from synthgen.writers import is_written_file
 
 OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
 LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
-# What synthgen writes inside its folders (writers.shard_file, writers.image_file): anything else there is
-# the user's, and --overwrite refuses rather than delete it with the folder.
-OUR_INNER_FILES = {"data": re.compile(r"shard-\d{5,}\.parquet"), "meta": re.compile(r"shard-\d{5,}\.parquet"),
-                   "images": re.compile(r"[^/]+/\d{9,}\.png")}
+# Folders whose files --overwrite deletes: only names synthgen writes there (writers.is_written_file); anything
+# else inside is the user's, and --overwrite refuses rather than delete it with the folder.
+OUR_FOLDERS = ("data", "meta", "images")
 
 
 @contextlib.contextmanager
@@ -159,14 +158,13 @@ def _subdirs(loc: storage.Location) -> list[str]:
 def _foreign_inner_files(loc: storage.Location) -> list[str]:
     """Files under data/, meta/ and images/ (relative to the root) that no synthgen run writes there."""
     foreign = []
-    for folder, pattern in OUR_INNER_FILES.items():
+    for folder in OUR_FOLDERS:
         root = loc.join(folder)
-        if not storage.is_dir(loc, root):
-            continue
-        for path in storage.list_files(loc, root, recursive=True):
-            inner = path[len(root):].lstrip("/")
-            if not pattern.fullmatch(inner) and not inner.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX):
-                foreign.append(f"{folder}/{inner}")
+        if storage.is_dir(loc, root):
+            rel_paths = (folder + "/" + path[len(root):].lstrip("/")
+                         for path in storage.list_files(loc, root, recursive=True))
+            foreign += [rel for rel in rel_paths if not is_written_file(rel)
+                        and not rel.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX)]
     return foreign
 
 

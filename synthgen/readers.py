@@ -220,9 +220,6 @@ def _parquet_table(data: bytes, path: str) -> pa.Table:
 
 def _parquet_images(column: pa.ChunkedArray, field: pa.Field, path: str) -> list[tuple[str, np.ndarray]]:
     """Decode an image column: HF's struct {bytes, path}, raw PNG/JPEG bytes, or synthgen's raw pixels."""
-    if isinstance(column.type, pa.FixedShapeTensorType):  # synthgen 0.2-0.3 --encoding raw
-        if column.type.value_type != pa.uint8() or len(column.type.shape) != 3 or column.type.shape[2] not in (1, 3):
-            raise SynthgenError(f"{path}: 'image' tensors must be uint8 (H, W, 1 or 3), got {column.type}")
     try:
         stacked = raw_pixels(column, field)  # synthgen --encoding raw: (N, H, W, C)
     except ValueError as err:

@@ -35,9 +35,9 @@ from synthgen.writers import ShardWriter
 
 # Default rows per forward pass for a 28x28 image; larger images get proportionally fewer rows (never under
 # MIN_BATCH), so one batch's activations stay near the same size. Rows per pass never change the pixels.
-# On CPU a batch's activations and oneDNN scratch (~0.3 MB per row, bundled model, fp32) must stay under the
-# actor's fixed mmap threshold (worker_config.allocator_env, 64 MiB), or every batch maps and page-faults them
-# afresh: 256 rows stay under it (~1.3k faults/s, as at 96), 512 rows do not (~52k faults/s, +200 MiB PSS).
+# On CPU a batch's buffers (activations, oneDNN scratch) must each stay under the actor's fixed mmap threshold
+# (worker_config.allocator_env, 64 MiB), or every batch maps and page-faults them afresh. Measured with the
+# bundled model, fp32: 256 rows fault as rarely as 96 (~1.3k faults/s), 512 rows do not (~52k/s, +200 MiB PSS).
 # Measured on 2 cores, one actor x 2 lanes, 100k images, 5 interleaved runs with Ray kept up: 96 rows
 # 10.5k images/s, 256 rows 11.2k (+7%); 512 and 1024 no faster than 256 (docs/benchmarks.md).
 CPU_BATCH, GPU_BATCH = 256, 2048

@@ -33,8 +33,9 @@ def allocator_env(lanes: int) -> dict[str, str]:
     it in the process, and one arena per lane bounds how many copies of it are kept. End to end on 2 cores:
     +2-6% images/s in paired runs, actor memory unchanged (docs/benchmarks.md).
     Arrow: the Parquet writers allocate through glibc too, not pyarrow's default mimalloc pool, which kept
-    freed pages of the raw-pixel writer: two 10k-image raw shards at a time grew one process by 260 MiB with
-    mimalloc, 170 MiB with the system pool (PNG: 160 MiB either way); writer speed the same.
+    freed pages of the raw-pixel writer (measured with 0.3's tensor column: two 10k-image raw shards at a time
+    grew one process by 260 MiB with mimalloc, 170 MiB with the system pool; PNG 160 MiB either way); writer
+    speed the same.
     """
     return {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
             "MALLOC_ARENA_MAX": str(max(1, lanes)), "ARROW_DEFAULT_MEMORY_POOL": "system"}

@@ -66,6 +66,16 @@ def image_file(layout: Layout, index: int, label: int) -> str:
     return f"images/{layout.class_dir(label)}/{index:09d}.png"
 
 
+# Every name shard_file and image_file can produce, relative to the dataset root (ids and indices may outgrow
+# their zero padding).
+_WRITTEN_FILE = re.compile(r"(data|meta)/shard-\d{5,}\.parquet|images/[^/]+/\d{9,}\.png")
+
+
+def is_written_file(rel_path: str) -> bool:
+    """Whether a path relative to the dataset root is one that :func:`shard_file` or :func:`image_file` names."""
+    return _WRITTEN_FILE.fullmatch(rel_path) is not None
+
+
 def hf_features(class_names: tuple[str, ...], encoding: str = "png") -> dict[str, Any]:
     label = ({"names": list(class_names), "_type": "ClassLabel"} if class_names
              else {"dtype": "int64", "_type": "Value"})
@@ -89,12 +99,16 @@ def raw_pixels(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> np.ndarra
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if isinstance(column.type, pa.FixedShapeTensorType):
+        if column.type.value_type != pa.uint8() or len(column.type.shape) != 3:
+            raise ValueError(f"raw image tensors must be uint8 (H, W, C), got {column.type}")
         return column.to_numpy_ndarray() if len(column) else np.zeros((0, *column.type.shape), np.uint8)
     shape = json.loads((field.metadata or {}).get(b"shape", b"null"))
     if not pa.types.is_fixed_size_binary(column.type) or not isinstance(shape, list) or len(shape) != 3:
         return None
-    if int(np.prod(shape)) != column.type.byte_width or column.null_count:
+    if int(np.prod(shape)) != column.type.byte_width:
         raise ValueError(f"raw image column: {column.type.byte_width} bytes per row do not hold shape {shape}")
+    if column.null_count:
+        raise ValueError(f"raw image column: {column.null_count} row(s) without pixels")
     if not len(column):
         return np.zeros((0, *shape), np.uint8)
     flat = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * column.type.byte_width,

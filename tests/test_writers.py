@@ -12,7 +12,8 @@ import pytest
 from synthgen import storage
 from synthgen.imaging import decode_png, encode_png
 from synthgen.plan import ShardSpec
-from synthgen.writers import PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter, raw_pixels
+from synthgen.writers import (PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter, image_file,
+                              is_written_file, raw_pixels, shard_file)
 
 CLASSES = ("malignant", "normal")
 
@@ -109,6 +110,10 @@ def test_raw_pixels_reads_the_tensor_layout_of_synthgen_0_3():
     flat = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1), pa.uint8()), 30)
     tensors = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.uint8(), [6, 5, 1]), flat)
     assert np.array_equal(raw_pixels(tensors, pa.field("image", tensors.type)), pixels)
+    floats = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), [6, 5, 1]),
+                                            pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(120, np.float32)), 30))
+    with pytest.raises(ValueError, match="must be uint8"):
+        raw_pixels(floats, pa.field("image", floats.type))
     png_column = pa.array([{"bytes": b"x", "path": None}])
     assert raw_pixels(png_column, pa.field("image", png_column.type)) is None
     unlabelled = pa.array([b"ab"], pa.binary(2))  # fixed-size binary without synthgen's shape: not ours
@@ -116,3 +121,12 @@ def test_raw_pixels_reads_the_tensor_layout_of_synthgen_0_3():
     wrong = pa.field("image", unlabelled.type, metadata={"shape": "[2, 2, 1]"})
     with pytest.raises(ValueError, match="2 bytes per row do not hold shape"):
         raw_pixels(unlabelled, wrong)
+
+
+def test_is_written_file_knows_every_name_the_writers_give():
+    for fmt in ("parquet", "png"):
+        layout = Layout(fmt, ("a b", "c/d"))
+        assert all(is_written_file(shard_file(layout, j)) for j in (0, 7, 123456))
+        assert all(is_written_file(image_file(layout, i, label)) for i in (0, 10**9 + 3) for label in (0, 1, -1))
+    assert not any(map(is_written_file, ["data/notes.csv", "images/000000001.png", "data/x/shard-00001.parquet",
+                                         "README.md", "images/a/1.png"]))
