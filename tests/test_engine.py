@@ -99,17 +99,22 @@ def test_truncated_shard_is_caught_by_verify_and_redone_by_resume(tmp_path, tiny
 
 
 def test_a_killed_actor_is_replaced_and_every_index_written_once(tmp_path, tiny_checkpoint, reference):
-    config = job(tmp_path, "killed", tiny_checkpoint, count=1200, shard_size=100, batch_size=64)
+    # 24k images so the kill lands mid-run on a fast host too; labels are i mod K, so the first 1,200 images
+    # are the reference's
+    config = job(tmp_path, "killed", tiny_checkpoint, count=24000, shard_size=100, batch_size=64)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(summary=run(config)))
     thread.start()
     victim = _wait_for_actor_process(Path(config.out), thread)
     victim.send_signal(signal.SIGKILL)
+    assert len(shard_digests(config.out)) < 240  # the kill landed mid-run (Ray retries on the restarted actor)
     thread.join(timeout=240)
     assert not thread.is_alive() and "summary" in result
     report = verify_dataset(config.out)
-    assert report.ok and report.rows == 1200
-    assert images_by_index(config.out) == images_by_index(reference.out)
+    assert report.ok and report.rows == 24000
+    written = images_by_index(config.out)
+    assert sorted(written) == list(range(24000))
+    assert {i: written[i] for i in range(1200)} == images_by_index(reference.out)
 
 
 def _wait_for_actor_process(out: Path, thread: threading.Thread) -> psutil.Process:
@@ -132,7 +137,9 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_sigkill_the_driver_then_rerun_gives_the_uninterrupted_bytes(tmp_path, tiny_checkpoint, ray_head,
                                                                        reference):
     out = tmp_path / "sigkill"
-    args = ["run", "--count", "1200", "--shard-size", "100", "--batch-size", "64", "--seed", "11",
+    # 24k images so a fast host cannot finish between two looks at the manifest; labels are i mod K, so the
+    # first 1,200 images are the reference's
+    args = ["run", "--count", "24000", "--shard-size", "100", "--batch-size", "64", "--seed", "11",
             "--model", tiny_checkpoint, "--out", str(out), "--address", ray_head, "--gpus", "0",
             "--no-progress"]
     driver = subprocess.Popen([sys.executable, "-m", "synthgen", *args], stdout=subprocess.PIPE,
@@ -142,7 +149,7 @@ def test_sigkill_the_driver_then_rerun_gives_the_uninterrupted_bytes(tmp_path, t
         shards = shard_digests(out) if (out / "manifest.json").exists() else {}
         if len(shards) >= 2 or driver.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert driver.poll() is None, "the run finished before it could be interrupted"
     driver.send_signal(signal.SIGSTOP)  # alive, holding the directory's lock, handing out nothing more
     second = cli(*args)
@@ -154,7 +161,9 @@ def test_sigkill_the_driver_then_rerun_gives_the_uninterrupted_bytes(tmp_path, t
     assert again.returncode == 0, again.stderr
     assert verify_dataset(str(out)).ok
     # shard sizes differ from the reference (100 vs 400), so compare image bytes per index
-    assert images_by_index(str(out)) == images_by_index(reference.out)
+    written = images_by_index(str(out))
+    assert sorted(written) == list(range(24000))
+    assert {i: written[i] for i in range(1200)} == images_by_index(reference.out)
 
 
 @pytest.mark.slow
