@@ -1,12 +1,15 @@
 """uint8 image arrays <-> PNG bytes, and contact-sheet grids.
 
-Encoding uses imagecodecs (libpng): about twice as fast as Pillow on small images and it releases the GIL,
-so several threads encode in parallel. Decoding and grids use Pillow.
+Encoding uses imagecodecs (libpng): about twice as fast as Pillow on small images. Decoding and grids use
+Pillow. A batch in Parquet's stored-block settings takes a faster road to the same bytes (see
+:func:`encode_pngs`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import zlib
 
 import imagecodecs
 import numpy as np
@@ -49,8 +52,68 @@ def encode_png(image: np.ndarray, settings: dict[str, int] = PNG_SETTINGS) -> by
 
 
 def encode_pngs(images: np.ndarray, settings: dict[str, int] = PNG_SETTINGS) -> list[bytes]:
-    """(B, H, W, C) uint8 -> B PNGs."""
-    return [encode_png(image, settings) for image in images]
+    """(B, H, W, C) uint8 -> B PNGs, each exactly the bytes :func:`encode_png` gives.
+
+    In the stored-block settings (PARQUET_PNG_SETTINGS) libpng's per-image setup is nearly all the cost
+    (4.4 us of a 28x28 image), and every PNG of one shape is the same frame around a different scan: so
+    libpng encodes one blank image of the shape, and the batch's scans, Adler-32s and CRCs are filled into
+    copies of that frame at once (1.5 us per image). Any other settings, or a frame this does not
+    recognise, encode image by image.
+    """
+    images = np.asarray(images)
+    frame = _stored_frame(images.shape[1:], tuple(sorted(settings.items()))) if images.ndim == 4 else None
+    if frame is None or images.dtype != np.uint8:
+        return [encode_png(image, settings) for image in images]
+    return _fill_stored_frames(images, frame)
+
+
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_STORED_HEADER = 7  # zlib header (2 bytes), stored-block header (BFINAL=1, BTYPE=00), LEN, NLEN
+
+
+@functools.lru_cache(maxsize=16)
+def _stored_frame(shape: tuple[int, int, int], settings: tuple[tuple[str, int], ...]) -> bytes | None:
+    """The PNG of a blank (H, W, C) image up to its scan, when libpng writes it as one IDAT holding one
+    stored deflate block of Sub-filtered rows followed by IEND; else None."""
+    config = dict(settings)
+    if config.get("level") != 0 or config.get("filter") != 16 or len(shape) != 3 or shape[2] not in (1, 3):
+        return None
+    height, width, channels = shape
+    scan = height * (1 + width * channels)
+    png = encode_png(np.zeros(shape, np.uint8), config)
+    at = png.find(b"IDAT") - 4  # the chunk's length field
+    length = int.from_bytes(png[at:at + 4], "big") if at > 0 else -1
+    stream = png[at + 8:at + 8 + length]
+    filter_bytes = stream[_STORED_HEADER:_STORED_HEADER + scan:1 + width * channels]  # one per row
+    if (length != _STORED_HEADER + scan + 4 or stream[2] != 1 or int.from_bytes(stream[3:5], "little") != scan
+            or png[at + 12 + length:] != _IEND or filter_bytes != b"\x01" * height):
+        return None
+    return png[:at + 8 + _STORED_HEADER]
+
+
+def _fill_stored_frames(images: np.ndarray, frame: bytes) -> list[bytes]:
+    batch, height, width, channels = images.shape
+    row = width * channels
+    scan = height * (1 + row)
+    head, tail = len(frame), len(frame) + scan
+    out = np.empty((batch, tail + 8 + len(_IEND)), np.uint8)  # (B, PNG bytes)
+    out[:, :head] = np.frombuffer(frame, np.uint8)
+    rows = out[:, head:tail].reshape(batch, height, 1 + row)  # (B, H, filter byte + W*C)
+    pixels = images.reshape(batch, height, row)
+    rows[:, :, 0] = 1  # PNG filter type Sub: each byte minus the one a pixel to its left, mod 256
+    rows[:, :, 1:1 + channels] = pixels[:, :, :channels]
+    np.subtract(pixels[:, :, channels:], pixels[:, :, :-channels], out=rows[:, :, 1 + channels:])
+    data = out[:, head:tail]  # (B, scan)
+    # Adler-32 of each scan: A = 1 + sum(x_k), B = sum over k of (scan - k) x_k + scan, both mod 65521;
+    # B < 2**53 for any scan a stored block can hold, so float64 sums are exact
+    low = (1 + data.sum(axis=1, dtype=np.int64)) % 65521
+    high = (scan + data @ np.arange(scan, 0, -1, dtype=np.float64)).astype(np.int64) % 65521
+    out[:, tail:tail + 4] = ((high << 16) | low).astype(">u4").view(np.uint8).reshape(batch, 4)
+    chunk = slice(head - _STORED_HEADER - 4, tail + 4)  # the CRC covers "IDAT" and the chunk's data
+    crcs = np.fromiter((zlib.crc32(png) for png in out[:, chunk]), dtype=np.uint32, count=batch)
+    out[:, tail + 4:tail + 8] = crcs.astype(">u4").view(np.uint8).reshape(batch, 4)
+    out[:, tail + 8:] = np.frombuffer(_IEND, np.uint8)
+    return [png.tobytes() for png in out]
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Ray wraps this class in :mod:`synthgen.engine`; tests call it directly, without Ray (as in Ray's
 batch-inference pattern). Inside one actor, ``lanes`` threads each take a whole batch through noise ->
-generator -> PNG encoding; torch and the encoder release the GIL, so lanes run on separate cores. On a CPU
+generator -> PNG encoding; torch releases the GIL in the forward pass, so lanes run on separate cores. On a CPU
 each lane's forward pass runs on one torch thread: measured on 2 cores, two 1-thread lanes in one process
 made 7.7k bf16 images/s where one 2-thread forward made 7.0k (OpenMP threads wait on each other whenever
 another process takes a core), and one process instead of two saves the ~300 MiB that each extra copy of
