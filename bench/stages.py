@@ -1,0 +1,128 @@
+"""Where the actor's time goes: its body without Ray, one stage added at a time, against the raw limit.
+
+In one process started with the actors' allocator settings (it re-executes itself with them), on two lanes of
+one torch thread each, round-robin over ``--repeats``:
+  limit      the forward + uint8 conversion on noise made once (what bench/throughput.py calls the limit);
+  noise      + seeds and noise made per batch from the image indices (``sampling.generate``);
+  png        + stored-PNG framing of each batch (``imaging.encode_pngs``);
+  actor      the real ``worker.ShardGenerator`` writing 10,240-image Parquet shards, two in flight as the
+             engine hands them out, to a temporary directory;
+  actor-rows the same, with the writer building each batch's Arrow rows but writing nothing.
+Each row prints images/s per repeat and the median's share of the limit's median. No Ray, no driver: the
+difference between ``actor`` and ``synthgen run`` (bench/throughput.py) is Ray's share.
+
+    python bench/stages.py --count 61440 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from synthgen.checkpoint import inspect_checkpoint, load_checkpoint, resolve
+from synthgen.imaging import encode_pngs, png_settings
+from synthgen.inference import prepare_model
+from synthgen.plan import ShardSpec, image_seeds, parse_label_plan
+from synthgen.rng import normal_from_seeds
+from synthgen.sampling import generate, to_uint8
+from synthgen.worker import CPU_BATCH, ShardGenerator
+from synthgen.worker_config import WorkerConfig, allocator_env
+from synthgen.writers import Layout, ShardWriter
+
+LANES, SHARD = 2, 10_240
+
+
+def on_lanes(count: int, batch: int, work) -> float:
+    """images/s of ``work(k)`` over batches k = 0.. of ``count`` images, split across two 1-thread lanes."""
+    batches = count // batch
+
+    def lane(first: int) -> None:
+        with torch.inference_mode():
+            for k in range(first, batches, LANES):
+                work(k)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(LANES) as pool:
+        list(pool.map(lane, range(LANES)))
+    return batches * batch / (time.perf_counter() - start)
+
+
+def actor_rate(model_dir: str, count: int, rows_only: bool) -> float:
+    """images/s of ShardGenerator on shards of SHARD images, two in flight (as the engine runs it)."""
+    ckpt, fingerprint = inspect_checkpoint(model_dir)
+    out = tempfile.mkdtemp(prefix="synthgen-stages-")
+    channels, height, width = ckpt.image_shape
+    layout = Layout("parquet", tuple(ckpt.class_names), image_shape=(height, width, channels))
+    config = WorkerConfig(model_dir, fingerprint, out, layout, seed=5, device="cpu", threads=LANES,
+                          labels=parse_label_plan(None, ckpt.class_names).to_json())
+    generator = ShardGenerator(config)
+    specs = [ShardSpec(i, i * SHARD, (i + 1) * SHARD) for i in range(count // SHARD)]
+    add = ShardWriter.add
+    if rows_only:  # Arrow rows built, nothing written: what the Parquet write itself costs
+        def build_rows(self, indices, seeds, labels, images):
+            self.next_index += len(indices)
+            self._parquet_rows(indices, seeds, labels, images)
+        ShardWriter.add = build_rows
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(2) as calls:
+            list(calls.map(generator, specs))
+        return len(specs) * SHARD / (time.perf_counter() - start)
+    finally:
+        ShardWriter.add = add
+        generator.pool.shutdown()
+        shutil.rmtree(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    parser.add_argument("--count", type=int, default=61_440, help="images per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    wanted = allocator_env(LANES)
+    if any(os.environ.get(k) != v for k, v in wanted.items()):  # glibc reads them only at start-up
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+    torch.set_num_threads(1)
+    args.model = str(resolve(args.model))
+    ckpt = load_checkpoint(args.model)
+    model, dim, classes = prepare_model(ckpt.model), ckpt.config.latent_dim, ckpt.config.num_classes
+    batch, png = CPU_BATCH, png_settings("parquet")
+    z = torch.from_numpy(normal_from_seeds(image_seeds(0, np.arange(batch)), dim))  # (B, latent), made once
+    y = torch.arange(batch) % classes if classes else None
+
+    def labels(indices):
+        return indices % classes if classes else None
+
+    def noise(k):
+        indices = np.arange(k * batch, (k + 1) * batch)
+        return generate(model, image_seeds(3, indices), labels(indices), batch_size=batch, latent_dim=dim)
+
+    stages = {
+        "limit": lambda: on_lanes(args.count, batch, lambda k: to_uint8(model(z, y))),
+        "noise": lambda: on_lanes(args.count, batch, noise),
+        "png": lambda: on_lanes(args.count, batch, lambda k: encode_pngs(noise(k), png)),
+        "actor": lambda: actor_rate(args.model, args.count, rows_only=False),
+        "actor-rows": lambda: actor_rate(args.model, args.count, rows_only=True),
+    }
+    stages["limit"]()  # warm-up: kernel selection
+    rates: dict[str, list[float]] = {name: [] for name in stages}
+    for _ in range(args.repeats):
+        for name, measure in stages.items():
+            rates[name].append(measure())
+    limit = float(np.median(rates["limit"]))
+    for name, runs in rates.items():
+        share = float(np.median(runs)) / limit
+        print(f"{name:10s} {' / '.join(f'{r:,.0f}' for r in runs):>28s} images/s   {share:.3f} of the limit")
+
+
+if __name__ == "__main__":
+    main()
