@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from synthgen.checkpoint import CheckpointConfig, save_checkpoint
 from synthgen.cli import app
+from synthgen.data import SyntheticImageDataset
 from synthgen.models import DCGANConfig, DCGANGenerator, config_to_dict
 from synthgen.plan import INFERENCE_FORM
+from synthgen.writers import raw_pixels
 
 runner = CliRunner()
 
@@ -115,6 +121,40 @@ def test_raw_pixels_of_an_older_release_are_not_resumed_but_png_datasets_are(dat
     as_written_by_0_3(png)
     result = invoke(*run_args(tiny_checkpoint, png, "--labels", "malignant=0.25,normal=0.75"))
     assert result.exit_code == 0, result.output
+
+
+def rewrite_raw_shards_as_0_3(out: Path) -> None:
+    """Store each shard's raw pixels as synthgen 0.2-0.3 did (Arrow's fixed_shape_tensor, no shape metadata),
+    and record the new files' checksums, as that release's manifest would have."""
+    as_written_by_0_3(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for record in manifest["shards"]:
+        path = out / record["file"]
+        table = pq.read_table(path)
+        pixels = raw_pixels(table.column("image"), table.schema.field("image"))  # (N, H, W, C)
+        tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(pixels))
+        table = table.set_column(0, pa.field("image", tensors.type), tensors)
+        pq.write_table(table, path, compression="zstd")
+        record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        record["bytes"] = path.stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_raw_pixels_of_an_older_release_still_verify_load_and_show(tiny_checkpoint, tmp_path):
+    now, old = tmp_path / "now", tmp_path / "old"
+    assert invoke(*run_args(tiny_checkpoint, now, "--encoding", "raw")).exit_code == 0
+    shutil.copytree(now, old)
+    rewrite_raw_shards_as_0_3(old)
+    assert isinstance(pq.read_schema(old / "data" / "shard-00001.parquet").field("image").type, pa.FixedShapeTensorType)
+    verified = invoke("verify", str(old))
+    assert verified.exit_code == 0 and "300 rows in 3 shards" in verified.output, verified.output
+    shown = invoke("show", str(old), "--index", "123")
+    assert shown.exit_code == 0 and "identical pixels" in shown.output, shown.output
+    then, current = SyntheticImageDataset(str(old)), SyntheticImageDataset(str(now))
+    assert len(then) == len(current) == 300
+    for i in (0, 99, 100, 123, 299):
+        (x_then, y_then), (x_now, y_now) = then[i], current[i]
+        assert y_then == y_now and torch.equal(x_then, x_now)
 
 
 def test_foreign_directory_is_refused_and_left_alone(tiny_checkpoint, tmp_path):
