@@ -99,6 +99,7 @@ def _fill_stored_frames(images: np.ndarray, frame: bytes) -> list[bytes]:
     out = np.empty((batch, tail + 8 + len(_IEND)), np.uint8)  # (B, PNG bytes)
     out[:, :head] = np.frombuffer(frame, np.uint8)
     rows = out[:, head:tail].reshape(batch, height, 1 + row)  # (B, H, filter byte + W*C)
+    assert batch == 0 or np.may_share_memory(rows, out)  # a view: scans are written into the PNGs themselves
     pixels = images.reshape(batch, height, row)
     rows[:, :, 0] = 1  # PNG filter type Sub: each byte minus the one a pixel to its left, mod 256
     rows[:, :, 1:1 + channels] = pixels[:, :, :channels]
