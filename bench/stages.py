@@ -2,7 +2,7 @@
 
 In one process started with the actors' allocator settings (it re-executes itself with them), on two lanes of
 one torch thread each, round-robin over ``--repeats``:
-  limit      the forward + uint8 conversion on noise made once (what bench/throughput.py calls the limit);
+  limit      the forward + uint8 conversion on noise made once (bench/throughput.py's ``raw_rate``);
   noise      + seeds and noise made per batch from the image indices (``sampling.generate``);
   png        + stored-PNG framing of each batch (``imaging.encode_pngs``);
   actor      the real ``worker.ShardGenerator`` writing 10,240-image Parquet shards, two in flight as the
@@ -31,11 +31,11 @@ from synthgen.checkpoint import inspect_checkpoint, load_checkpoint, resolve
 from synthgen.imaging import encode_pngs, png_settings
 from synthgen.inference import prepare_model
 from synthgen.plan import ShardSpec, image_seeds, parse_label_plan
-from synthgen.rng import normal_from_seeds
-from synthgen.sampling import generate, to_uint8
+from synthgen.sampling import generate
 from synthgen.worker import CPU_BATCH, ShardGenerator
 from synthgen.worker_config import WorkerConfig, allocator_env
 from synthgen.writers import Layout, ShardWriter
+from throughput import raw_rate  # bench/ is this script's directory, so first on sys.path
 
 LANES, SHARD = 2, 10_240
 
@@ -96,18 +96,14 @@ def main() -> None:
     ckpt = load_checkpoint(args.model)
     model, dim, classes = prepare_model(ckpt.model), ckpt.config.latent_dim, ckpt.config.num_classes
     batch, png = CPU_BATCH, png_settings("parquet")
-    z = torch.from_numpy(normal_from_seeds(image_seeds(0, np.arange(batch)), dim))  # (B, latent), made once
-    y = torch.arange(batch) % classes if classes else None
-
-    def labels(indices):
-        return indices % classes if classes else None
+    plan = parse_label_plan(None, ckpt.config.class_names)  # the default plan, as a run without --labels
 
     def noise(k):
         indices = np.arange(k * batch, (k + 1) * batch)
-        return generate(model, image_seeds(3, indices), labels(indices), batch_size=batch, latent_dim=dim)
+        return generate(model, image_seeds(3, indices), plan.labels(indices), batch_size=batch, latent_dim=dim)
 
     stages = {
-        "limit": lambda: on_lanes(args.count, batch, lambda k: to_uint8(model(z, y))),
+        "limit": lambda: raw_rate(model, dim, classes, args.count, batch, "fp32", LANES),
         "noise": lambda: on_lanes(args.count, batch, noise),
         "png": lambda: on_lanes(args.count, batch, lambda k: encode_pngs(noise(k), png)),
         "actor": lambda: actor_rate(args.model, args.count, rows_only=False),
