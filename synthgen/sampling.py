@@ -1,14 +1,18 @@
 """Per-image seeds -> noise -> generator -> uint8 images. Takes a model and seeds, returns arrays; no files.
 
 Determinism across batching: CPU kernels pick another code path for small batch shapes (measured: batches
-of 1-11 rows give a few pixels one level off from 12 and more), so every forward pass runs exactly
-``max(batch_size, MIN_BATCH)`` rows, the last one padded. Noise is made on the host from the per-image
-seeds (:mod:`synthgen.rng`), so it is the same whichever device runs the model.
+of 1-11 rows give a few pixels one level off from 12 and more), so a forward pass never runs fewer than
+``MIN_BATCH`` rows (a shorter one is padded); from there on, rows per pass never change the pixels. Runs of
+images are cut into passes of even size (:func:`pass_bounds`), not into full passes and a padded remainder:
+a 10,000-image shard at 256 rows is 40 passes of 250 rather than 40 of 256 with 240 rows of padding (measured,
+one actor x 2 lanes on 2 cores: 4% more images/s). Noise is made on the host from the per-image seeds
+(:mod:`synthgen.rng`), so it is the same whichever device runs the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import numpy as np
 import torch
@@ -60,7 +64,8 @@ def generate(
         model: a generator in eval mode, ``model(z, labels) -> (B, C, H, W)`` in [-1, 1].
         seeds: (N,) uint64 per-image seeds (:func:`synthgen.plan.image_seeds`).
         labels: (N,) int64 classes, or None / all -1 for an unconditional model.
-        batch_size: rows per forward pass (at least MIN_BATCH); the last pass is padded to this size.
+        batch_size: the most rows per forward pass; passes are sized evenly (:func:`pass_bounds`), and one
+            under MIN_BATCH rows is padded to MIN_BATCH.
         precision: "fp32", "bf16" or "fp16" (autocast).
         latent_dim: the model's latent size; read from ``model.config`` when omitted.
 
@@ -71,25 +76,43 @@ def generate(
         raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = max(batch_size, MIN_BATCH)
     seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
     if labels is not None and (len(labels) == 0 or np.all(np.asarray(labels) < 0)):
         labels = None
     dim = latent_dim if latent_dim is not None else latent_dim_of(model)
     device = next(model.parameters()).device
     chunks = []
-    for start in range(0, len(seeds), batch_size):
-        stop = min(start + batch_size, len(seeds))
-        z = _padded(normal_from_seeds(seeds[start:stop], dim), batch_size)  # (batch, latent)
-        y = None if labels is None else _padded(np.asarray(labels[start:stop], dtype=np.int64), batch_size)
+    for start, stop in pass_bounds(len(seeds), batch_size):
+        rows = max(stop - start, MIN_BATCH)
+        z = _padded(normal_from_seeds(seeds[start:stop], dim), rows)  # (rows, latent)
+        y = None if labels is None else _padded(np.asarray(labels[start:stop], dtype=np.int64), rows)
         z_t = _to_device(z, device)
         y_t = None if y is None else _to_device(y, device)
         with _autocast(device, precision):
-            out = model(z_t, y_t)  # (batch, C, H, W)
+            out = model(z_t, y_t)  # (rows, C, H, W)
         chunks.append(to_uint8(out[: stop - start]))
     if not chunks:
         raise ValueError("no seeds given")
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def pass_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """Cut ``count`` rows into the fewest forward passes of at most ``max(batch_size, MIN_BATCH)`` rows,
+    of sizes that differ by one at most: 10,000 rows at 256 give 40 passes of 250.
+
+    Args:
+        count: rows to generate.
+        batch_size: the most rows per pass (at least 1).
+
+    Returns:
+        (start, stop) of each pass, in order, covering [0, count).
+    """
+    passes = -(-count // max(batch_size, MIN_BATCH))
+    if passes == 0:
+        return []
+    size, longer = divmod(count, passes)  # the first ``longer`` passes take one row more
+    stops = list(itertools.accumulate(size + (k < longer) for k in range(passes)))
+    return list(zip([0] + stops[:-1], stops))
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -29,7 +29,7 @@ from synthgen.imaging import encode_pngs, png_settings
 from synthgen.inference import prepare_model
 from synthgen.manifest import ShardRecord
 from synthgen.plan import LabelPlan, ShardSpec, image_seeds
-from synthgen.sampling import MIN_BATCH, generate, make_deterministic
+from synthgen.sampling import MIN_BATCH, generate, make_deterministic, pass_bounds
 from synthgen.worker_config import WorkerConfig
 from synthgen.writers import ShardWriter
 
@@ -81,14 +81,14 @@ class ShardGenerator:
         # one batch on a GPU at a time bounds device memory; the other lanes' host work overlaps it
         self.device_slots = threading.BoundedSemaphore(1 if on_gpu else self.lanes)
         self.pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="synthgen-lane")
-        self._batch(np.zeros(1, dtype=np.int64))  # kernel selection and JIT happen here, not in a timed shard
+        self._batch(np.zeros(self.batch_size, dtype=np.int64))  # kernel selection and JIT: not in a timed shard
 
     def __call__(self, spec: ShardSpec) -> ShardRecord:
         writer = ShardWriter(self.loc, self.config.layout, spec)
         pending: deque[Future] = deque()
         try:
-            for start in range(spec.start, spec.stop, self.batch_size):
-                indices = np.arange(start, min(start + self.batch_size, spec.stop), dtype=np.int64)
+            for start, stop in pass_bounds(spec.count, self.batch_size):  # even passes: no padding rows
+                indices = np.arange(spec.start + start, spec.start + stop, dtype=np.int64)
                 pending.append(self.pool.submit(self._batch, indices))
                 if len(pending) > self.lanes:
                     writer.add(*pending.popleft().result())

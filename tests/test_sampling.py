@@ -6,7 +6,7 @@ import pytest
 from synthgen.checkpoint import load_checkpoint
 from synthgen.plan import INFERENCE_FORMS, image_seeds
 from synthgen.inference import prepare_model
-from synthgen.sampling import generate
+from synthgen.sampling import MIN_BATCH, generate, pass_bounds
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +42,28 @@ def test_labels_change_the_image(tiny_model):
 def test_bad_arguments(tiny_model):
     with pytest.raises(ValueError, match="precision"):
         generate(tiny_model, image_seeds(0, np.arange(2)), None, precision="fp8")
+
+
+@pytest.mark.parametrize("count,batch_size", [(10_000, 256), (10_001, 256), (700, 333), (5, 256), (64, 1),
+                                              (1000, 64), (1, 1), (2048, 2048)])
+def test_passes_are_few_even_and_cover_every_row(count, batch_size):
+    bounds = pass_bounds(count, batch_size)
+    sizes = [stop - start for start, stop in bounds]
+    assert [start for start, _ in bounds] == [0] + [stop for _, stop in bounds[:-1]]  # contiguous, in order
+    assert bounds[-1][1] == count and sum(sizes) == count
+    assert max(sizes) <= max(batch_size, MIN_BATCH) and max(sizes) - min(sizes) <= 1
+    assert len(bounds) == -(-count // max(batch_size, MIN_BATCH))  # the fewest that fit
+    assert pass_bounds(0, batch_size) == []
+
+
+def test_no_pass_is_padded_beyond_min_batch(tiny_model):
+    """A run that does not divide by the batch size costs no padding rows: 1,000 images at 256 rows per pass
+    run as 4 passes of 250 (not 3 x 256 + 232 real rows padded to 256), and 10 images as one pass of 64."""
+    rows_seen = []
+    hook = tiny_model.register_forward_pre_hook(lambda module, args: rows_seen.append(args[0].shape[0]))
+    try:
+        generate(tiny_model, image_seeds(1, np.arange(1000)), np.arange(1000) % 2, batch_size=256)
+        generate(tiny_model, image_seeds(1, np.arange(10)), np.arange(10) % 2, batch_size=256)
+    finally:
+        hook.remove()
+    assert rows_seen == [250, 250, 250, 250, MIN_BATCH]
