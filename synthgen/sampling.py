@@ -4,9 +4,9 @@ Determinism across batching: CPU kernels pick another code path for small batch 
 of 1-11 rows give a few pixels one level off from 12 and more), so a forward pass never runs fewer than
 ``MIN_BATCH`` rows (a shorter one is padded); from there on, rows per pass never change the pixels. Runs of
 images are cut into passes of even size (:func:`pass_bounds`), not into full passes and a padded remainder:
-a 10,000-image shard at 256 rows is 40 passes of 250 rather than 40 of 256 with 240 rows of padding (measured,
-one actor x 2 lanes on 2 cores: 4% more images/s). Noise is made on the host from the per-image seeds
-(:mod:`synthgen.rng`), so it is the same whichever device runs the model.
+a 10,000-image shard at 256 rows is 40 passes of 250 rather than 40 of 256 with 240 rows of padding (measured
+end to end on 2 cores, 6 interleaved pairs: +1.9% images/s). Noise is made on the host from the per-image
+seeds (:mod:`synthgen.rng`), so it is the same whichever device runs the model.
 """
 
 from __future__ import annotations
