@@ -12,7 +12,6 @@ seeds (:mod:`synthgen.rng`), so it is the same whichever device runs the model.
 from __future__ import annotations
 
 import contextlib
-import itertools
 
 import numpy as np
 import torch
@@ -108,11 +107,8 @@ def pass_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
         (start, stop) of each pass, in order, covering [0, count).
     """
     passes = -(-count // max(batch_size, MIN_BATCH))
-    if passes == 0:
-        return []
-    size, longer = divmod(count, passes)  # the first ``longer`` passes take one row more
-    stops = list(itertools.accumulate(size + (k < longer) for k in range(passes)))
-    return list(zip([0] + stops[:-1], stops))
+    edges = [k * count // passes for k in range(passes + 1)] if passes else [0]  # floors: sizes differ by <= 1
+    return list(zip(edges, edges[1:]))
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

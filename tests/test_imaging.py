@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from synthgen.imaging import PARQUET_PNG_SETTINGS, PNG_SETTINGS, decode_png, encode_png, encode_pngs
+from synthgen.imaging import PARQUET_PNG_SETTINGS, PNG_SETTINGS, _stored_frame, decode_png, encode_png, encode_pngs
 
 
 def batches(shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -13,8 +13,13 @@ def batches(shape: tuple[int, ...]) -> list[np.ndarray]:
             np.full(shape, 255, np.uint8), np.ascontiguousarray(ramp)]
 
 
+def uses_the_frame(shape: tuple[int, ...]) -> bool:
+    return _stored_frame(shape[1:], tuple(sorted(PARQUET_PNG_SETTINGS.items()))) is not None
+
+
 @pytest.mark.parametrize("shape", [(64, 28, 28, 1), (5, 28, 28, 3), (3, 64, 48, 1), (1, 3, 2, 1), (0, 28, 28, 1)])
 def test_stored_pngs_of_a_batch_are_libpngs_bytes(shape):
+    assert uses_the_frame(shape)  # the batch road is taken, so the comparison below tests it
     for images in batches(shape):
         pngs = encode_pngs(images, PARQUET_PNG_SETTINGS)
         assert pngs == [encode_png(image, PARQUET_PNG_SETTINGS) for image in images]
@@ -24,6 +29,7 @@ def test_stored_pngs_of_a_batch_are_libpngs_bytes(shape):
 
 @pytest.mark.parametrize("shape", [(2, 28, 28, 2), (2, 200, 200, 3)])  # gray+alpha; a scan over one block
 def test_shapes_the_frame_does_not_fit_are_encoded_one_by_one(shape):
+    assert not uses_the_frame(shape)
     images = batches(shape)[0]
     assert encode_pngs(images, PARQUET_PNG_SETTINGS) == [encode_png(i, PARQUET_PNG_SETTINGS) for i in images]
 
