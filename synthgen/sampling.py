@@ -36,7 +36,8 @@ def latent_dim_of(model: nn.Module) -> int:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) floats in [-1, 1] -> (B, H, W, C) uint8, rounding half away from zero."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, C, H, W)
+    x = images.float().clamp(-1, 1)  # a new tensor, so the steps below may work in place
+    x = x.add_(1).mul_(127.5).round_().to(torch.uint8)  # (B, C, H, W)
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B, H, W, C)
 
 

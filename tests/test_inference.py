@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen.inference import SubPixelConvTranspose2d, prepare_model
+from synthgen import inference
+from synthgen.inference import ChannelsLastUnflatten, SubPixelConvTranspose2d, prepare_model
 from synthgen.models import DCGANConfig, DCGANGenerator
 from synthgen.plan import INFERENCE_FORM, image_seeds
-from synthgen.sampling import generate
+from synthgen.sampling import generate, to_uint8
 
 
 @pytest.mark.parametrize("kernel,padding,output_padding,out_channels", [(5, 2, 1, 1), (4, 1, 0, 3), (6, 2, 0, 2)])
@@ -68,3 +69,48 @@ def test_inference_form_matches_other_architectures(size, channels):
         expected = model(z)
         got = prepare_model(model)(z)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_channels_last_projection_changes_no_value_and_skips_the_layout_copy():
+    torch.manual_seed(2)
+    head = nn.Sequential(nn.Linear(12, 8 * 3 * 5), nn.LeakyReLU(0.2), nn.Unflatten(1, (8, 3, 5)))
+    head.eval()
+    z = torch.randn(64, 12)
+    with torch.inference_mode():
+        expected = head(z)  # (B, 8, 3, 5), NCHW-contiguous
+        fast = prepare_model(head)
+        got = fast(z)
+    assert isinstance(fast[-1], ChannelsLastUnflatten) and fast[1].inplace
+    assert torch.equal(got, expected)  # the same dot products, stored in another order
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+
+
+def test_layout_rewrites_change_no_pixel_of_the_dcgan(tiny_checkpoint, monkeypatch):
+    """The channels-last projection and in-place activations move values, never change them: the form's
+    images are byte-identical with and without them (so datasets made before them stay reproducible)."""
+    seeds, labels = image_seeds(5, np.arange(300)), np.arange(300) % 2
+    fast = prepare_model(load_checkpoint(tiny_checkpoint).model)
+    assert isinstance(fast.project[-1], ChannelsLastUnflatten)
+    monkeypatch.setattr(inference, "_channels_last_projection", lambda module: None)
+    monkeypatch.setattr(inference, "_IN_PLACE", ())
+    before = prepare_model(load_checkpoint(tiny_checkpoint).model)
+    assert isinstance(before.project[-1], nn.Unflatten)
+    assert not any(getattr(m, "inplace", False) for m in before.modules())
+    for precision in ("fp32", "bf16"):
+        a = generate(before, seeds, labels, precision=precision)
+        b = generate(fast, seeds, labels, precision=precision)
+        assert np.array_equal(a, b), precision
+
+
+def test_in_place_layers_never_overwrite_the_callers_tensors():
+    model = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(4, 4), nn.ReLU())  # the first layer reads the input
+    fast = prepare_model(model.eval())
+    assert not fast[0].inplace and fast[2].inplace
+    x = torch.randn(8, 4)
+    before = x.clone()
+    with torch.inference_mode():
+        fast(x)
+        images = torch.rand(2, 1, 4, 4) * 2 - 1
+        copy = images.clone()
+        to_uint8(images)
+    assert torch.equal(x, before) and torch.equal(images, copy)

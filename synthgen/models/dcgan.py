@@ -60,7 +60,8 @@ class DCGANGenerator(nn.Module):
         in_dim = config.latent_dim + (config.embed_dim if config.num_classes else 0)
         self.label_embed = nn.Embedding(config.num_classes, config.embed_dim) if config.num_classes else None
         self.project = nn.Sequential(
-            nn.Linear(in_dim, c * s0 * s0, bias=False), nn.BatchNorm1d(c * s0 * s0), nn.LeakyReLU(0.2)
+            nn.Linear(in_dim, c * s0 * s0, bias=False), nn.BatchNorm1d(c * s0 * s0), nn.LeakyReLU(0.2),
+            nn.Unflatten(1, (c, s0, s0)),
         )
         layers = _up(c, c // 2, stride=1)
         c //= 2
@@ -75,8 +76,7 @@ class DCGANGenerator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels")
             z = torch.cat([z, self.label_embed(labels)], dim=1)  # (B, latent + embed)
-        s0 = self.config.start_size
-        h = self.project(z).view(z.shape[0], -1, s0, s0)  # (B, width, s0, s0)
+        h = self.project(z)  # (B, width, s0, s0)
         return self.deconv(h)  # (B, C, H, W) in [-1, 1]
 
 
