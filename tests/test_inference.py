@@ -27,6 +27,17 @@ def test_subpixel_layer_computes_the_transposed_convolution(kernel, padding, out
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("out_channels", [1, 3])
+def test_subpixel_shuffle_moves_the_values_pixel_shuffle_does(channels_last, out_channels):
+    x = torch.randn(2, 4 * out_channels, 5, 6)  # (B, 4 Co, H, W)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = inference._pixel_shuffle_channels_last(x)
+    assert torch.equal(got, torch.nn.functional.pixel_shuffle(x, 2))  # (B, Co, 10, 12)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("layer", [
     nn.ConvTranspose2d(8, 8, 5, 2, padding=2, output_padding=1),  # wide: the direct kernel is faster
     nn.ConvTranspose2d(8, 1, 5, 1, padding=2),  # stride 1
@@ -86,20 +97,21 @@ def test_channels_last_projection_changes_no_value_and_skips_the_layout_copy():
 
 
 def test_layout_rewrites_change_no_pixel_of_the_dcgan(tiny_checkpoint, monkeypatch):
-    """The channels-last projection and in-place activations move values, never change them: the form's
-    images are byte-identical with and without them (so datasets made before them stay reproducible)."""
+    """The channels-last projection, in-place activations and the permuting shuffle move values, never
+    change them: the form's images are byte-identical with and without them (so datasets made before them
+    stay reproducible)."""
     seeds, labels = image_seeds(5, np.arange(300)), np.arange(300) % 2
     fast = prepare_model(load_checkpoint(tiny_checkpoint).model)
     assert isinstance(fast.project[-1], ChannelsLastUnflatten)
+    after = {p: generate(fast, seeds, labels, precision=p) for p in ("fp32", "bf16")}
     monkeypatch.setattr(inference, "_channels_last_projection", lambda module: None)
     monkeypatch.setattr(inference, "_IN_PLACE", ())
+    monkeypatch.setattr(inference, "_pixel_shuffle_channels_last", lambda x: torch.nn.functional.pixel_shuffle(x, 2))
     before = prepare_model(load_checkpoint(tiny_checkpoint).model)
     assert isinstance(before.project[-1], nn.Unflatten)
     assert not any(getattr(m, "inplace", False) for m in before.modules())
-    for precision in ("fp32", "bf16"):
-        a = generate(before, seeds, labels, precision=precision)
-        b = generate(fast, seeds, labels, precision=precision)
-        assert np.array_equal(a, b), precision
+    for precision, images in after.items():
+        assert np.array_equal(generate(before, seeds, labels, precision=precision), images), precision
 
 
 def test_in_place_layers_never_overwrite_the_callers_tensors():
