@@ -46,6 +46,8 @@ WORKING_DIR_LIMIT = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE (max gRPC me
 JOB_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "5"}  # prompt logs, a progress line every 5 s
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_WAIT_S = 60.0
+NO_AGENT = "No available agent to submit job"  # Ray's job server, while the head's dashboard agent is not up
+AGENT_WAIT_S, AGENT_RETRY_S = 60.0, 2.0
 
 # What `python jobs/generate.py` does when synthgen is installed without its source tree (no jobs/ there).
 _ENTRYPOINT_STUB = '''"""synthgen job entrypoint (written by synthgen.submit; see jobs/generate.py in synthgen's source)."""
@@ -157,6 +159,27 @@ class JobServer:
     def errors(self, job_id: str | None = None):
         return _job_server_errors(self.address, self.token, job_id)
 
+    def submit(self, job_id: str, runtime_env: dict, metadata: dict, err: TextIO,
+               agent_wait_s: float = AGENT_WAIT_S) -> None:
+        """Submit the job; while the head's job agent is not up yet (a cluster that has just started), retry
+        for up to ``agent_wait_s``: the job server refuses such jobs without creating them."""
+        deadline, told = time.monotonic() + agent_wait_s, False
+        while True:
+            try:
+                with self.errors():
+                    self.client.submit_job(entrypoint=ENTRYPOINT, submission_id=job_id, runtime_env=runtime_env,
+                                           metadata=metadata)
+                return
+            except SynthgenError as e:
+                if NO_AGENT not in str(e) or time.monotonic() >= deadline:
+                    raise
+            if not told:
+                err.write(f"{self.address} has no job agent up yet (a cluster just started?); retrying for up "
+                          f"to {agent_wait_s:.0f} s\n")
+                err.flush()
+                told = True
+            time.sleep(AGENT_RETRY_S)
+
     def info(self, job_id: str):
         with self.errors(job_id):
             return self.client.get_job_info(job_id)
@@ -264,9 +287,7 @@ def submit_run(config: RunConfig, detach: bool = False, out: TextIO | None = Non
         metadata = {"synthgen_version": __version__, "count": str(config.count), "out": config.out,
                     "model": config.model or "(bundled default)"}
         try:
-            with server.errors():
-                server.client.submit_job(entrypoint=ENTRYPOINT, submission_id=job_id,
-                                         runtime_env=runtime_env, metadata=metadata)
+            server.submit(job_id, runtime_env, metadata, err)
         except KeyboardInterrupt:
             err.write(f"\ninterrupted while submitting; job {job_id} may have started: "
                       f"{_hints(server.address, job_id)}\n")

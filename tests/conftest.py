@@ -203,17 +203,41 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     import shutil
     import sys
     import tempfile
-    import time
-
-    import requests
 
     root = tmp_path_factory.mktemp("raycluster")
-    ray_temp = tempfile.mkdtemp(prefix="sgray-")  # short: Ray's unix socket paths must fit in 107 bytes
     token = secrets.token_hex(32)
     (root / "auth_token").write_text(token)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
     env.update(RAY_AUTH_TOKEN_PATH=str(root / "auth_token"), RAY_USAGE_STATS_ENABLED="0",
                PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    # Free ports are picked before Ray binds them, so another process (the session's local Ray, its workers)
+    # can take one in between; a cluster whose job agent never comes up is started again on new ports.
+    for attempt in (1, 2):
+        ray_temp = tempfile.mkdtemp(prefix="sgray-")  # short: Ray's unix socket paths must fit in 107 bytes
+        nodes: list[RayNode] = []
+        try:
+            cluster = _start_ray_cluster(root / f"try{attempt}", ray_temp, env, token, nodes, last=attempt == 2)
+            if cluster is not None:
+                yield cluster
+                return
+        finally:
+            for node in reversed(nodes):
+                node.stop()
+            # the agent's logs outlive the cluster, for a job server that refused to take jobs
+            for log in Path(ray_temp).glob("session_*/logs/dashboard_agent*"):
+                shutil.copy(log, root / f"try{attempt}-{log.name}")
+            shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def _start_ray_cluster(root: Path, ray_temp: str, env: dict, token: str, nodes: list, last: bool):
+    """Start the head and the second node (appended to ``nodes`` as they start) and wait until the head's
+    job server and job agent answer and both nodes are alive; None when the agent does not come up in time
+    and this is not the ``last`` try."""
+    import time
+
+    import requests
+
+    root.mkdir()
     gcs, dash, agent, metrics, client, agent2, metrics2 = _free_ports(7)
     common = ["--node-ip-address=127.0.0.1", "--num-gpus=0", "--object-store-memory=100000000",
               "--min-worker-port=0", "--max-worker-port=0"]
@@ -221,32 +245,32 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
                     f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
                     f"--ray-client-server-port={client}", f"--temp-dir={ray_temp}", "--num-cpus=1", *common],
                    env, root / "head.log")
-    nodes = [head]
+    nodes.append(head)
     cluster = RayCluster(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", env, token, nodes)
-    try:
-        deadline = time.time() + 120
+    deadline = time.time() + 120
+    # the job server takes jobs only once the head's dashboard agent (which runs them) answers too
+    for url, what in ((f"{cluster.url}/api/version", "job server"), (f"http://127.0.0.1:{agent}/api/healthz",
+                                                                     "job agent")):
         while True:
             head.check_alive()
             try:
-                if requests.get(f"{cluster.url}/api/version", timeout=5).status_code in (200, 401):
+                if requests.get(url, timeout=5).status_code in (200, 401):
                     break
             except requests.ConnectionError:
                 pass
-            assert time.time() < deadline, "the head's job server did not come up"
+            if time.time() >= deadline:
+                assert not last, f"the head's {what} did not come up in 120 s"
+                return None
             time.sleep(0.5)
-        worker = RayNode([f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={agent2}",
-                          f"--metrics-export-port={metrics2}", "--num-cpus=2", *common],
-                         {**env, "RAY_AUTH_MODE": "token"}, root / "worker.log")
-        nodes.append(worker)
-        while cluster.nodes_alive() < 2:
-            worker.check_alive()
-            assert time.time() < deadline, "the second node did not join"
-            time.sleep(0.5)
-        yield cluster
-    finally:
-        for node in reversed(nodes):
-            node.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
+    worker = RayNode([f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={agent2}",
+                      f"--metrics-export-port={metrics2}", "--num-cpus=2", *common],
+                     {**env, "RAY_AUTH_MODE": "token"}, root / "worker.log")
+    nodes.append(worker)
+    while cluster.nodes_alive() < 2:
+        worker.check_alive()
+        assert time.time() < deadline, "the second node did not join"
+        time.sleep(0.5)
+    return cluster
 
 
 # --- A real S3-compatible server on 127.0.0.1 (moto's standalone server), for object storage tests.

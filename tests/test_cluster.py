@@ -6,6 +6,7 @@ The cluster tests drive ``synthgen`` in subprocesses, as a user would, against t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -301,6 +302,38 @@ def test_a_uri_model_is_not_uploaded_and_oversize_is_refused(tiny_checkpoint, tm
     monkeypatch.setattr(submit, "_working_dir_limit", lambda: 100_000)
     with pytest.raises(SynthgenError, match=r"over Ray's 0 MiB upload limit; put the checkpoint in object storage"):
         submit.stage_job(RunConfig(count=10, out="/shared/ds", model=tiny_checkpoint), tmp_path / "b")
+
+
+class _StartingJobServer:
+    """A job client whose server refuses the first ``refusals`` submissions as Ray's does while the head's
+    dashboard agent is still starting (the exact text of ray 2.60's job head)."""
+
+    def __init__(self, refusals: int, text: str = "No available agent to submit job, please try again later."):
+        self.refusals, self.text, self.submitted = refusals, text, []
+
+    def submit_job(self, *, submission_id: str, **_) -> str:
+        self.submitted.append(submission_id)
+        if len(self.submitted) <= self.refusals:
+            raise RuntimeError(f"Request failed with status code 500: {self.text}.")
+        return submission_id
+
+
+def test_submit_waits_for_a_job_agent_that_is_starting(monkeypatch):
+    monkeypatch.setattr(submit, "AGENT_RETRY_S", 0.01)
+    server = submit.JobServer.__new__(submit.JobServer)  # connected to nothing: the client below stands in
+    server.address, server.token, server.client = "http://127.0.0.1:8265", None, _StartingJobServer(2)
+    err = io.StringIO()
+    server.submit("synthgen-a", {}, {}, err)
+    assert server.client.submitted == ["synthgen-a"] * 3
+    assert err.getvalue().count("http://127.0.0.1:8265 has no job agent up yet") == 1
+
+    server.client = _StartingJobServer(10**6)  # an agent that never comes: the refusal, once the wait is over
+    with pytest.raises(SynthgenError, match=r"^http://127.0.0.1:8265: Request failed with status code 500: No "):
+        server.submit("synthgen-b", {}, {}, io.StringIO(), agent_wait_s=0.05)
+    server.client = _StartingJobServer(1, "Job with submission_id synthgen-c already exists")  # not retried
+    with pytest.raises(SynthgenError, match="already exists"):
+        server.submit("synthgen-c", {}, {}, io.StringIO())
+    assert server.client.submitted == ["synthgen-c"]
 
 
 def test_job_file_errors_are_one_line(tmp_path):
