@@ -287,7 +287,7 @@ def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
     shipped = tmp_path / "model" / Path(tiny_checkpoint).name
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors"]
     assert (tmp_path / "jobs" / "generate.py").read_text() == (REPO / "jobs" / "generate.py").read_text()
-    assert (tmp_path / "synthgen" / "engine.py").is_file()
+    assert (tmp_path / "synthgen" / "engine" / "pool.py").is_file()
     assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.pyc"))
     assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 20 * 2**20
     assert staged.model == f"model/{shipped.name}" and staged.address is None
@@ -377,7 +377,7 @@ def fake_cluster(monkeypatch):
     """The engine's view of a cluster, scripted: GPU counts over time, and the autoscaler requests it gets."""
     import ray.autoscaler.sdk
 
-    from synthgen import engine
+    from synthgen.engine import placement
 
     state = {"gpus": [0], "requests": []}
 
@@ -385,36 +385,36 @@ def fake_cluster(monkeypatch):
         gpus = state["gpus"].pop(0) if len(state["gpus"]) > 1 else state["gpus"][0]
         return {"CPU": 16.0, "GPU": float(gpus)}
 
-    monkeypatch.setattr(engine.ray, "cluster_resources", cluster_resources)
+    monkeypatch.setattr(placement.ray, "cluster_resources", cluster_resources)
     monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda bundles: state["requests"].append(bundles))
     return state
 
 
 def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypatch, capsys):
-    from synthgen import engine
+    from synthgen.engine import placement
 
-    monkeypatch.setattr(engine, "_autoscaler_can_add_nodes", lambda: True)
+    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: True)
     fake_cluster["gpus"] = [0, 0, 4]  # two GPU nodes arrive
-    shapes = engine._actor_shapes(RunConfig(count=10, gpus=4))
+    shapes = placement.actor_shapes(RunConfig(count=10, gpus=4))
     assert len(shapes) == 4 and {s.options["num_gpus"] for s in shapes} == {1}
     assert fake_cluster["requests"] == [[{"GPU": 1}] * 4, []]  # asked, then cleared: the actors hold the nodes
     err = capsys.readouterr().err
     assert "--gpus 4: the cluster has 0 GPU(s); asked its autoscaler for more, waiting up to" in err
     assert "--gpus 4: 4 GPU(s) after" in err
 
-    monkeypatch.setattr(engine, "AUTOSCALE_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(placement, "AUTOSCALE_TIMEOUT_S", 0.0)
     fake_cluster.update(gpus=[2], requests=[])
     with pytest.raises(SynthgenError, match=r"--gpus 8: the autoscaler brought only 2 GPU\(s\) in 0 s; see `ray status`"):
-        engine._actor_shapes(RunConfig(count=10, gpus=8))
+        placement.actor_shapes(RunConfig(count=10, gpus=8))
     assert fake_cluster["requests"] == [[{"GPU": 1}] * 8, []]
 
 
 def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
-    from synthgen import engine
+    from synthgen.engine import placement
 
-    monkeypatch.setattr(engine, "_autoscaler_can_add_nodes", lambda: False)
+    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: False)
     with pytest.raises(SynthgenError, match=r"--gpus 2: the cluster has 0 GPU\(s\) and 16 CPU\(s\)"):
-        engine._actor_shapes(RunConfig(count=10, gpus=2))
+        placement.actor_shapes(RunConfig(count=10, gpus=2))
     assert fake_cluster["requests"] == []
 
 
@@ -429,7 +429,7 @@ def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
 def test_autoscaler_detection(monkeypatch, kv, expected):
     import ray.experimental.internal_kv
 
-    from synthgen import engine
+    from synthgen.engine import placement
 
     def kv_get(key, namespace=None):
         value = kv.get(key)
@@ -438,4 +438,4 @@ def test_autoscaler_detection(monkeypatch, kv, expected):
         return value
 
     monkeypatch.setattr(ray.experimental.internal_kv, "_internal_kv_get", kv_get)
-    assert engine._autoscaler_can_add_nodes() is expected
+    assert placement.autoscaler_can_add_nodes() is expected

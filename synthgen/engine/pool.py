@@ -1,0 +1,134 @@
+"""The generation actors: a pool of :class:`synthgen.worker.ShardGenerator` actors, two shards in flight each.
+
+An actor that dies is restarted by Ray and its shard retried; when restarts run out the shard goes to
+another actor. Because a shard's bytes depend only on its indices, a retried shard is identical to a first
+attempt.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Iterator
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from synthgen import manifest as mf
+from synthgen.engine.placement import ActorShape, actor_shapes, describe
+from synthgen.errors import SynthgenError
+from synthgen.plan import ShardSpec
+from synthgen.worker_config import WorkerConfig, allocator_env
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthgen.engine import RunConfig, RunSummary
+
+# Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
+# take batches first come, first served), so its cores stay busy while one shard drains and commits.
+IN_FLIGHT_PER_ACTOR = 2
+
+
+class _RayShardGenerator:
+    """The actor: a :class:`synthgen.worker.ShardGenerator`, imported in the actor so the driver needs no torch."""
+
+    def __init__(self, config: WorkerConfig):
+        from synthgen.worker import ShardGenerator
+
+        self.generator = ShardGenerator(config)
+
+    def __call__(self, spec: ShardSpec) -> mf.ShardRecord:
+        return self.generator(spec)
+
+    def ping(self) -> str:
+        return self.generator.device
+
+    def placement(self) -> tuple[str, list[int]]:
+        """The torch device this actor uses and the GPU ids Ray gave it."""
+        return self.generator.device, sorted(int(i) for i in ray.get_gpu_ids())
+
+
+class ActorPool:
+    """Actors that each hold the model; shards handed out as actors free up, failures retried."""
+
+    def __init__(self, config: RunConfig, worker: WorkerConfig):
+        self.config, self.worker = config, worker
+        self.shapes = actor_shapes(config)
+        self.remote_cls = ray.remote(_RayShardGenerator)
+        self.shape_of: dict[int, ActorShape] = {}  # id(actor) -> its shape, to replace it alike
+        self.actors = [self._new_actor(shape) for shape in self.shapes]
+        self.device, self.gpu_ids = self._wait_ready()
+        self.in_flight: dict = {}
+
+    def _new_actor(self, shape: ActorShape):
+        worker = WorkerConfig(**{**self.worker.__dict__, "threads": shape.lanes})
+        actor = self.remote_cls.options(**shape.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
+                                        max_restarts=self.config.max_retries,
+                                        max_task_retries=self.config.max_retries,
+                                        runtime_env={"env_vars": allocator_env(shape.lanes)}).remote(worker)
+        self.shape_of[id(actor)] = shape
+        return actor
+
+    def _wait_ready(self) -> tuple[str, list[list[int]]]:
+        try:
+            answers = ray.get([a.placement.remote() for a in self.actors], timeout=self.config.start_timeout_s)
+        except GetTimeoutError:
+            raise SynthgenError(f"the cluster could not place {len(self.actors)} actor(s) "
+                                f"({describe(self.shapes)}) within {self.config.start_timeout_s:.0f}s; "
+                                "ask for fewer --gpus/--workers") from None
+        except (RayActorError, RayTaskError) as err:
+            raise SynthgenError(f"an actor could not load the model: {_cause(err)}") from None
+        return ",".join(sorted({device for device, _ in answers})), [ids for _, ids in answers]
+
+    def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
+        retry: deque[ShardSpec] = deque()
+        attempts: dict[int, int] = {}
+        in_flight = self.in_flight  # ObjectRef -> (actor, spec)
+        load = {id(a): 0 for a in self.actors}
+        while True:
+            for actor in list(self.actors):
+                while load[id(actor)] < IN_FLIGHT_PER_ACTOR:
+                    spec = retry.popleft() if retry else next(todo, None)
+                    if spec is None:
+                        break
+                    in_flight[actor.__call__.remote(spec)] = (actor, spec)
+                    load[id(actor)] += 1
+            if not in_flight:
+                return
+            ready: list = []
+            while not ready:  # short waits: a blocking ray.wait would hold off Ctrl-C indefinitely
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            actor, spec = in_flight.pop(ready[0])
+            load[id(actor)] -= 1
+            try:
+                yield ray.get(ready[0])
+            except RayActorError as err:
+                attempts[spec.shard_id] = attempts.get(spec.shard_id, 0) + 1
+                if attempts[spec.shard_id] > self.config.max_retries:
+                    raise SynthgenError(f"shard {spec.shard_id} failed {attempts[spec.shard_id]} times; "
+                                        f"last error: {_cause(err)}") from None
+                summary.retried_shards.append(spec.shard_id)
+                retry.append(spec)
+                self._replace_if_dead(actor, load)
+            except RayTaskError as err:
+                raise SynthgenError(f"shard {spec.shard_id} failed: {_cause(err)}") from None
+
+    def _replace_if_dead(self, actor, load: dict) -> None:
+        try:
+            ray.get(actor.ping.remote(), timeout=self.config.start_timeout_s)
+        except (RayActorError, GetTimeoutError):
+            self.actors.remove(actor)
+            fresh = self._new_actor(self.shape_of.pop(id(actor)))
+            self.actors.append(fresh)
+            load[id(fresh)] = 0
+
+    def shutdown(self) -> None:
+        """Stop the actors; cancelling their queued shards first keeps Ray from announcing retries."""
+        for ref in self.in_flight:
+            ray.cancel(ref)
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _cause(err: Exception) -> str:
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__
