@@ -23,7 +23,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if (_ROOT / "synthgen" / "__init__.py").is_file():
     sys.path.insert(0, str(_ROOT))
 
-from synthgen.submit import entrypoint_main  # noqa: E402
+from synthgen.jobrun import entrypoint_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(entrypoint_main())

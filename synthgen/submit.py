@@ -2,12 +2,13 @@
 
 ``synthgen run --address http://HEAD:8265`` (or ``RAY_ADDRESS=http://HEAD:8265``) comes here instead of
 calling :func:`synthgen.engine.run` in-process. :func:`submit_run` stages a small working_dir (this synthgen
-package, ``jobs/generate.py``, ``job.json`` = the RunConfig, and a local checkpoint's two files), submits
-``python jobs/generate.py --config job.json`` through :class:`ray.job_submission.JobSubmissionClient`,
-prints the job id and streams the job's logs until it ends. A model given as a URI (``s3://...``) is read
-by the cluster itself, with the cluster's credentials. ``synthgen jobs list|status|logs|stop`` use the same
-client. On the cluster, ``jobs/generate.py`` calls :func:`run_job_file`, which turns ``job.json`` back
-into a RunConfig and calls the engine there (where ``RAY_ADDRESS`` points at the cluster).
+package, ``jobs/generate.py``, ``job.json`` = the RunConfig, and a local checkpoint's two files;
+:mod:`synthgen.staging`), submits ``python jobs/generate.py --config job.json`` through
+:class:`ray.job_submission.JobSubmissionClient`, prints the job id and streams the job's logs until it
+ends. A model given as a URI (``s3://...``) is read by the cluster itself, with the cluster's credentials.
+``synthgen jobs list|status|logs|stop`` use the same client. On the cluster, ``jobs/generate.py`` calls
+:func:`synthgen.jobrun.run_job_file`, which turns ``job.json`` back into a RunConfig and calls the engine
+there (where ``RAY_ADDRESS`` points at the cluster).
 
 This module is the client side of the cluster path; besides :mod:`synthgen.engine` it is the only one that
 imports ray, and only inside functions, so the CLI starts fast.
@@ -21,11 +22,7 @@ here ever turns a cluster's authentication off.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
-import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -33,30 +30,19 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, TextIO
 
-from synthgen import __version__, storage
+from synthgen import __version__, staging
 from synthgen.errors import SynthgenError
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthgen.engine import RunConfig
 
-JOB_FILE = "job.json"
-ENTRYPOINT = f"python jobs/generate.py --config {JOB_FILE}"
 DEFAULT_TOKEN_PATH = "~/.ray/auth_token"
-WORKING_DIR_LIMIT = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE (max gRPC message); read from ray when there
 JOB_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "5"}  # prompt logs, a progress line every 5 s
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_WAIT_S = 60.0
 NO_AGENT = "No available agent to submit job"  # Ray's job server, while the head's dashboard agent is not up
 AGENT_WAIT_S, AGENT_RETRY_S = 60.0, 2.0
 
-# What `python jobs/generate.py` does when synthgen is installed without its source tree (no jobs/ there).
-_ENTRYPOINT_STUB = '''"""synthgen job entrypoint (written by synthgen.submit; see jobs/generate.py in synthgen's source)."""
-import sys
-
-from synthgen.submit import entrypoint_main
-
-sys.exit(entrypoint_main())
-'''
 
 
 # --- addresses and authentication ------------------------------------------------------------------
@@ -167,7 +153,7 @@ class JobServer:
         while True:
             try:
                 with self.errors():
-                    self.client.submit_job(entrypoint=ENTRYPOINT, submission_id=job_id, runtime_env=runtime_env,
+                    self.client.submit_job(entrypoint=staging.ENTRYPOINT, submission_id=job_id, runtime_env=runtime_env,
                                            metadata=metadata)
                 return
             except SynthgenError as e:
@@ -274,11 +260,11 @@ def submit_run(config: RunConfig, detach: bool = False, out: TextIO | None = Non
         SynthgenError: bad settings, an unreachable or refusing cluster, or a job that failed.
     """
     out, err = out or sys.stdout, err or sys.stderr
-    check_submittable(config)
+    staging.check_submittable(config)
     job_id = f"synthgen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="synthgen-job-") as tmp:
         try:
-            staged = stage_job(config, Path(tmp))  # checks the model before anything goes over the network
+            staged = staging.stage_job(config, Path(tmp))  # checks the model before anything goes over the network
             server = JobServer(config.address)
         except KeyboardInterrupt:
             err.write("\ninterrupted before the job was submitted; nothing was started\n")
@@ -331,132 +317,3 @@ def _interrupted(server: JobServer, job_id: str, err: TextIO) -> int:
         return 130
     err.write(f"\njob {job_id} is still running on {server.address}; {_hints(server.address, job_id)}\n")
     return 130
-
-
-def check_submittable(config: RunConfig) -> None:
-    """Refuse, before anything is uploaded, settings that cannot work on a remote cluster."""
-    from synthgen.settings import check_run_settings
-
-    check_run_settings(config)
-    if not storage.is_uri(config.out) and not os.path.isabs(config.out):
-        raise SynthgenError(f"--out {config.out}: a relative path means nothing on the cluster; give an "
-                            "object-store URI (s3://bucket/prefix) or an absolute path on a filesystem "
-                            "every node shares")
-
-
-def stage_job(config: RunConfig, dest: Path) -> RunConfig:
-    """Lay out the job's working_dir in ``dest``; returns the RunConfig written to ``job.json``.
-
-    ``dest`` gets ``synthgen/`` (this package's source, no caches), ``jobs/generate.py``, ``job.json`` and,
-    for a local checkpoint, ``model/<its name>/`` with its config and weights (training state stays behind).
-    Refuses a working_dir over Ray's upload limit.
-    """
-    import synthgen
-    from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, bundled_models, inspect_checkpoint, read_config
-    from synthgen.plan import parse_label_plan
-
-    package = Path(synthgen.__file__).resolve().parent
-    shutil.copytree(package, dest / "synthgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-    (dest / "jobs").mkdir()
-    entry = package.parent / "jobs" / "generate.py"
-    if entry.is_file():
-        shutil.copyfile(entry, dest / "jobs" / "generate.py")
-    else:
-        (dest / "jobs" / "generate.py").write_text(_ENTRYPOINT_STUB)
-    model = config.model
-    if model is None or model in bundled_models():
-        parse_label_plan(config.labels, read_config(model).class_names)
-    elif not storage.is_uri(model):  # a local checkpoint: checked here, before anything is uploaded
-        parse_label_plan(config.labels, inspect_checkpoint(model)[0].class_names)
-        shipped = Path("model") / (Path(model).resolve().name or "checkpoint")
-        (dest / shipped).mkdir(parents=True)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            shutil.copyfile(Path(model) / name, dest / shipped / name)
-        model = shipped.as_posix()  # relative to the job's working directory on the cluster
-    job = dataclasses.replace(config, model=model, address=None)
-    (dest / JOB_FILE).write_text(json.dumps(dataclasses.asdict(job), indent=1, sort_keys=True) + "\n")
-    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    limit = _working_dir_limit()
-    if size >= limit:
-        raise SynthgenError(f"the job's working_dir (synthgen + model) is {size / 2**20:.0f} MiB, over Ray's "
-                            f"{limit / 2**20:.0f} MiB upload limit; put the checkpoint in object storage and "
-                            "pass --model s3://bucket/path")
-    return job
-
-
-def _working_dir_limit() -> int:
-    try:
-        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
-    except ImportError:  # pragma: no cover - a ray without it
-        return WORKING_DIR_LIMIT
-    return int(GCS_STORAGE_MAX_SIZE)
-
-
-# --- on the cluster: what jobs/generate.py runs ------------------------------------------------------
-
-
-def load_job_file(path: str) -> RunConfig:
-    """Read ``job.json`` (RunConfig fields; only ``count`` is required) into a RunConfig."""
-    from synthgen.engine import RunConfig
-
-    try:
-        raw = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise SynthgenError(f"{path}: cannot read it ({err.strerror or err})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SynthgenError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict) or "count" not in raw:
-        raise SynthgenError(f"{path}: expected a JSON object of synthgen run settings with at least \"count\"")
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SynthgenError(f"{path}: unknown settings {', '.join(unknown)} (written by another synthgen "
-                            f"version? this is {__version__})")
-    raw["address"] = None  # the job runs inside the cluster: the engine joins it through RAY_ADDRESS
-    return RunConfig(**raw)
-
-
-def run_job_file(path: str) -> int:
-    """Run the generation that ``job.json`` at ``path`` describes, on the cluster this process is in.
-
-    Returns:
-        0 when the dataset is complete; 1 (after an ``error:`` line on stderr) when it is not.
-    """
-    from synthgen.engine import run
-
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `jobs stop`: save the manifest, stop actors
-    try:
-        config = load_job_file(path)
-        print(f"synthgen {__version__}: {config.count} images -> {config.out} "
-              f"(model {config.model or 'bundled default'})", flush=True)
-        summary = run(config)
-    except SynthgenError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("error: stopped; committed shards are kept: submit the same run again to resume",
-              file=sys.stderr, flush=True)
-        return 1
-    if summary.actors:
-        print(summary.describe_actors())
-    print(f"done: {summary.generated} new images ({summary.total} in the dataset), {summary.bytes} bytes, "
-          f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {config.out}",
-          flush=True)
-    return 0
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def entrypoint_main(argv: list[str] | None = None) -> int:
-    """``python jobs/generate.py --config job.json``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="jobs/generate.py", description=(
-        "Generate a synthgen dataset inside a Ray job (Ray sets RAY_ADDRESS). The config is a JSON object "
-        "of `synthgen run` settings (RunConfig fields), e.g. {\"count\": 100000, \"out\": \"s3://b/ds\", "
-        "\"gpus\": 8}."))
-    parser.add_argument("--config", required=True, help="Path of job.json.")
-    args = parser.parse_args(argv)
-    return run_job_file(args.config)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from synthgen import submit
+from synthgen import jobrun, staging, submit
 from synthgen.cli import app
 from synthgen.engine import RunConfig
 from synthgen.errors import SynthgenError
@@ -269,7 +269,7 @@ def test_ctrl_c_while_staging_is_one_line_and_starts_nothing(tiny_checkpoint, mo
     def interrupted(config, dest):
         raise KeyboardInterrupt  # as if Ctrl-C landed while the checkpoint was being copied
 
-    monkeypatch.setattr(submit, "stage_job", interrupted)
+    monkeypatch.setattr(staging, "stage_job", interrupted)
     err = io.StringIO()
     config = RunConfig(count=10, out="/shared/ds", model=tiny_checkpoint, address="http://127.0.0.1:1")
     assert submit.submit_run(config, out=io.StringIO(), err=err) == 130
@@ -281,7 +281,7 @@ def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
     try:
         config = RunConfig(count=500, out="s3://bucket/ds", model=tiny_checkpoint, shard_size=100, seed=7,
                            gpus=8, address="http://head:8265")
-        staged = submit.stage_job(config, tmp_path)
+        staged = staging.stage_job(config, tmp_path)
     finally:
         Path(tiny_checkpoint, "training_state.safetensors").unlink()
     shipped = tmp_path / "model" / Path(tiny_checkpoint).name
@@ -291,17 +291,17 @@ def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
     assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.pyc"))
     assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 20 * 2**20
     assert staged.model == f"model/{shipped.name}" and staged.address is None
-    loaded = submit.load_job_file(str(tmp_path / "job.json"))
+    loaded = jobrun.load_job_file(str(tmp_path / "job.json"))
     assert loaded == staged and loaded.gpus == 8 and loaded.seed == 7
 
 
 def test_a_uri_model_is_not_uploaded_and_oversize_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     config = RunConfig(count=10, out="/shared/ds", model="s3://bucket/models/m")
-    assert submit.stage_job(config, tmp_path / "a").model == "s3://bucket/models/m"
+    assert staging.stage_job(config, tmp_path / "a").model == "s3://bucket/models/m"
     assert not (tmp_path / "a" / "model").exists()
-    monkeypatch.setattr(submit, "_working_dir_limit", lambda: 100_000)
+    monkeypatch.setattr(staging, "_working_dir_limit", lambda: 100_000)
     with pytest.raises(SynthgenError, match=r"over Ray's 0 MiB upload limit; put the checkpoint in object storage"):
-        submit.stage_job(RunConfig(count=10, out="/shared/ds", model=tiny_checkpoint), tmp_path / "b")
+        staging.stage_job(RunConfig(count=10, out="/shared/ds", model=tiny_checkpoint), tmp_path / "b")
 
 
 class _StartingJobServer:
@@ -340,15 +340,15 @@ def test_job_file_errors_are_one_line(tmp_path):
     path = tmp_path / "job.json"
     path.write_text('{"count": 10, "colour": "blue"}')
     with pytest.raises(SynthgenError, match="unknown settings colour"):
-        submit.load_job_file(str(path))
+        jobrun.load_job_file(str(path))
     path.write_text("{not json")
     with pytest.raises(SynthgenError, match="not valid JSON"):
-        submit.load_job_file(str(path))
+        jobrun.load_job_file(str(path))
     path.write_text('{"out": "s3://b/x"}')
     with pytest.raises(SynthgenError, match='at least "count"'):
-        submit.load_job_file(str(path))
+        jobrun.load_job_file(str(path))
     path.write_text('{"count": 10, "address": "http://elsewhere:8265"}')
-    assert submit.load_job_file(str(path)).address is None  # inside the job, the engine joins via RAY_ADDRESS
+    assert jobrun.load_job_file(str(path)).address is None  # inside the job, the engine joins via RAY_ADDRESS
 
 
 def test_settings_that_cannot_work_remotely_are_refused_before_anything_is_sent(tiny_checkpoint, monkeypatch,

@@ -1,0 +1,94 @@
+"""The working_dir a submitted ``synthgen run`` job carries to the cluster, and the checks made before upload.
+
+:func:`stage_job` lays out this synthgen package, ``jobs/generate.py``, ``job.json`` (the RunConfig) and a
+local checkpoint's two files; :func:`check_submittable` refuses settings that cannot work remotely. Both run
+on the submitting machine before anything is sent (:mod:`synthgen.submit`); on the cluster,
+:mod:`synthgen.jobrun` reads ``job.json`` back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synthgen import storage
+from synthgen.errors import SynthgenError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthgen.engine import RunConfig
+
+JOB_FILE = "job.json"
+ENTRYPOINT = f"python jobs/generate.py --config {JOB_FILE}"
+WORKING_DIR_LIMIT = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE (max gRPC message); read from ray when there
+
+# What `python jobs/generate.py` does when synthgen is installed without its source tree (no jobs/ there).
+_ENTRYPOINT_STUB = '''"""synthgen job entrypoint, written by synthgen.staging (synthgen's source has jobs/generate.py)."""
+import sys
+
+from synthgen.jobrun import entrypoint_main
+
+sys.exit(entrypoint_main())
+'''
+
+
+def check_submittable(config: RunConfig) -> None:
+    """Refuse, before anything is uploaded, settings that cannot work on a remote cluster."""
+    from synthgen.settings import check_run_settings
+
+    check_run_settings(config)
+    if not storage.is_uri(config.out) and not os.path.isabs(config.out):
+        raise SynthgenError(f"--out {config.out}: a relative path means nothing on the cluster; give an "
+                            "object-store URI (s3://bucket/prefix) or an absolute path on a filesystem "
+                            "every node shares")
+
+
+def stage_job(config: RunConfig, dest: Path) -> RunConfig:
+    """Lay out the job's working_dir in ``dest``; returns the RunConfig written to ``job.json``.
+
+    ``dest`` gets ``synthgen/`` (this package's source, no caches), ``jobs/generate.py``, ``job.json`` and,
+    for a local checkpoint, ``model/<its name>/`` with its config and weights (training state stays behind).
+    Refuses a working_dir over Ray's upload limit.
+    """
+    import synthgen
+    from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, bundled_models, inspect_checkpoint, read_config
+    from synthgen.plan import parse_label_plan
+
+    package = Path(synthgen.__file__).resolve().parent
+    shutil.copytree(package, dest / "synthgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    (dest / "jobs").mkdir()
+    entry = package.parent / "jobs" / "generate.py"
+    if entry.is_file():
+        shutil.copyfile(entry, dest / "jobs" / "generate.py")
+    else:
+        (dest / "jobs" / "generate.py").write_text(_ENTRYPOINT_STUB)
+    model = config.model
+    if model is None or model in bundled_models():
+        parse_label_plan(config.labels, read_config(model).class_names)
+    elif not storage.is_uri(model):  # a local checkpoint: checked here, before anything is uploaded
+        parse_label_plan(config.labels, inspect_checkpoint(model)[0].class_names)
+        shipped = Path("model") / (Path(model).resolve().name or "checkpoint")
+        (dest / shipped).mkdir(parents=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copyfile(Path(model) / name, dest / shipped / name)
+        model = shipped.as_posix()  # relative to the job's working directory on the cluster
+    job = dataclasses.replace(config, model=model, address=None)
+    (dest / JOB_FILE).write_text(json.dumps(dataclasses.asdict(job), indent=1, sort_keys=True) + "\n")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    limit = _working_dir_limit()
+    if size >= limit:
+        raise SynthgenError(f"the job's working_dir (synthgen + model) is {size / 2**20:.0f} MiB, over Ray's "
+                            f"{limit / 2**20:.0f} MiB upload limit; put the checkpoint in object storage and "
+                            "pass --model s3://bucket/path")
+    return job
+
+
+def _working_dir_limit() -> int:
+    try:
+        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
+    except ImportError:  # pragma: no cover - a ray without it
+        return WORKING_DIR_LIMIT
+    return int(GCS_STORAGE_MAX_SIZE)
