@@ -26,7 +26,7 @@ ENTRYPOINT = f"python jobs/generate.py --config {JOB_FILE}"
 WORKING_DIR_LIMIT = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE (max gRPC message); read from ray when there
 
 # What `python jobs/generate.py` does when synthgen is installed without its source tree (no jobs/ there).
-_ENTRYPOINT_STUB = '''"""synthgen job entrypoint, written by synthgen.staging (synthgen's source has jobs/generate.py)."""
+_ENTRYPOINT_STUB = '''"""synthgen job entrypoint, written by synthgen.staging (see jobs/generate.py)."""
 import sys
 
 from synthgen.jobrun import entrypoint_main
