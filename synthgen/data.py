@@ -164,6 +164,7 @@ class _RowGroupReader:
             with self.loc.fs.open_input_file(self.loc.join(rel)) as f:
                 table = pq.ParquetFile(f).read_row_group(group, columns=[image_col, "index", "seed", "label"])
             cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
+            cols["seed"] = [int(seed) for seed in cols["seed"]]  # metadata.parquet stores them as strings
             if image_col == "image":
                 images = table.column("image").combine_chunks()
                 pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding

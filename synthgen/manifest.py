@@ -138,7 +138,7 @@ def write_card(loc: storage.Location, manifest: Manifest) -> None:
         loader = 'load_dataset("parquet", data_dir="DIR/data", split="train")'
         ray_line = 'ray.data.read_parquet("DIR/data")  # or pyarrow.dataset.dataset("DIR/data")'
     else:  # index, seed and label of each file are in DIR/metadata.parquet
-        loader = 'load_dataset("imagefolder", data_dir="DIR/images", split="train")'
+        loader = 'load_dataset("imagefolder", data_dir="DIR", split="train")'
         ray_line = 'ray.data.read_images("DIR/images", include_paths=True)  # labels: DIR/metadata.parquet'
     text = f"""---
 license: cc-by-4.0

@@ -242,12 +242,25 @@ def _png_meta_schema() -> pa.Schema:
                       ("label", pa.int64()), ("png_sha256", pa.string())])
 
 
-def write_png_metadata(loc: storage.Location, shard_files: list[str]) -> None:
-    """Join the PNG shards' metadata parts into one ``metadata.parquet`` (the ImageFolder convention)."""
+def write_png_metadata(loc: storage.Location, shard_files: list[str], class_names: tuple[str, ...] = ()) -> None:
+    """Join the PNG shards' metadata parts into one ``metadata.parquet`` (the ImageFolder convention), so that
+    ``load_dataset("imagefolder", data_dir=DIR)`` gives each image its index, seed, label (a ClassLabel named
+    by the schema's ``huggingface`` metadata) and PNG checksum.
+
+    Its ``seed`` column holds each seed as a decimal string, where the shard parts hold uint64: the
+    imagefolder builder turns metadata rows into Python ints and back through Arrow's int64, which fails on
+    the half of all seeds at or above 2**63 (datasets 5.2). Synthgen's readers take either.
+    """
     path = loc.join("metadata.parquet")
+    label = hf_features(class_names)["label"]
+    features = {"file_name": {"dtype": "string", "_type": "Value"}, "index": {"dtype": "int64", "_type": "Value"},
+                "seed": {"dtype": "string", "_type": "Value"}, "label": label,
+                "png_sha256": {"dtype": "string", "_type": "Value"}}
+    schema = _png_meta_schema().set(2, pa.field("seed", pa.string()))
+    schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
     with storage.open_atomic(loc, path) as out:
-        writer = pq.ParquetWriter(out, _png_meta_schema(), compression=PARQUET_COMPRESSION)
+        writer = pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION)
         for name in shard_files:
             with loc.fs.open_input_file(loc.join(name)) as f:
-                writer.write_table(pq.read_table(f))
+                writer.write_table(pq.read_table(f).cast(schema))  # uint64 seeds -> decimal strings
         writer.close()

@@ -11,9 +11,9 @@ import pytest
 
 from synthgen import storage
 from synthgen.imaging import decode_png, encode_png
-from synthgen.plan import ShardSpec
+from synthgen.plan import ShardSpec, image_seeds
 from synthgen.writers import (PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter, image_file,
-                              is_written_file, raw_pixels, shard_file)
+                              is_written_file, raw_pixels, shard_file, write_png_metadata)
 
 CLASSES = ("malignant", "normal")
 
@@ -69,6 +69,32 @@ def test_png_tree_is_an_imagefolder(tmp_path):
     assert Image.open(png).mode == "L"
     meta = pq.read_table(loc.join(record.file))
     assert meta.column("file_name")[3].as_py() == "images/normal/000000003.png"
+
+
+def test_png_tree_with_its_metadata_loads_as_a_hf_imagefolder(tmp_path, monkeypatch):
+    """``load_dataset("imagefolder", data_dir=DIR)`` on a PNG tree: every image with its index, seed (as a
+    string: half of all seeds are >= 2**63, which the imagefolder builder cannot hold), class name and PNG
+    checksum; synthgen's own Dataset reads the same file back to integer seeds."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    loc, layout, files = storage.locate(tmp_path / "ds"), Layout("png", CLASSES), []
+    seeds = image_seeds(0, np.arange(40))
+    assert seeds.max() >= 2**63  # what broke the imagefolder builder when seeds were stored as uint64
+    for spec in (ShardSpec(0, 0, 25), ShardSpec(1, 25, 40)):
+        writer = ShardWriter(loc, layout, spec)
+        idx = spec.indices()
+        writer.add(idx, seeds[idx], idx % 2, [encode_png(np.full((28, 28, 1), i, np.uint8)) for i in idx])
+        files.append(writer.commit().file)
+    write_png_metadata(loc, files, CLASSES)
+    from datasets import load_dataset
+    ds = load_dataset("imagefolder", data_dir=str(tmp_path / "ds"), split="train").sort("index")
+    assert len(ds) == 40 and ds.features["label"].names == list(CLASSES)
+    assert ds["seed"] == [str(s) for s in seeds.tolist()] and ds["label"] == [i % 2 for i in range(40)]
+    assert np.array_equal(np.asarray(ds[33]["image"]), np.full((28, 28), 33, np.uint8))
+    from synthgen.data import SyntheticImageDataset
+    mine = SyntheticImageDataset(str(tmp_path / "ds"))  # no manifest here: read through metadata.parquet
+    assert mine.info.layout == "png" and mine.info.class_names == list(CLASSES)
+    assert [mine.row(i)["seed"] for i in range(40)] == seeds.tolist()  # Python ints again
 
 
 def test_hf_datasets_ray_data_and_pyarrow_read_the_shards(tmp_path, ray_local, monkeypatch):

@@ -225,7 +225,8 @@ def _finish(loc: storage.Location, manifest: mf.Manifest) -> None:
         raise SynthgenError(f"{len(manifest.shards)} of {manifest.num_shards} shards done; "
                             "re-run the same command to finish")
     if manifest.job["format"] == "png":
-        write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)])
+        write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)],
+                           tuple(manifest.model.get("class_names") or ()))
     manifest.status = "complete"
     mf.write_card(loc, manifest)
     mf.save(loc, manifest)
