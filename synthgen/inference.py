@@ -52,6 +52,8 @@ def prepare_model(model: nn.Module, form: str = INFERENCE_FORM) -> nn.Module:
 # Modules that act on each value alone, so the order features are stored in cannot change what they compute.
 _ELEMENTWISE = (nn.Identity, nn.LeakyReLU, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh)
 _IN_PLACE = (nn.LeakyReLU, nn.ReLU, nn.ELU, nn.SiLU)
+# Layers whose output is always a new tensor (not their input, nor a view of it, as Dropout or Flatten give).
+_FRESH_OUTPUT = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
 
 def _rewrite_sequentials(module: nn.Module) -> None:
@@ -76,8 +78,10 @@ def _rewrite_sequentials(module: nn.Module) -> None:
         module[i] = layer
     _channels_last_projection(module)
     for i, layer in enumerate(module):
-        # the value it overwrites is the previous layer's output, read by nothing else in a Sequential
-        if isinstance(layer, _IN_PLACE) and any(type(m) is not nn.Identity for m in module[:i]):
+        # it then overwrites the previous layer's new output, which nothing else in a Sequential reads
+        before = [m for m in module[:i] if type(m) is not nn.Identity]
+        fresh = bool(before) and isinstance(before[-1], (*_FRESH_OUTPUT, SubPixelConvTranspose2d))
+        if isinstance(layer, _IN_PLACE) and fresh:
             layer.inplace = True
 
 
