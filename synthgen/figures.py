@@ -127,7 +127,8 @@ def draw_memorization(pairs: list[dict], synthetic: np.ndarray, synthetic_index:
     train_position = {int(r): j for j, r in enumerate(train_rows)}
     scale, cells = _scale(synthetic.shape[1]), []
     for pair in pairs:
-        both = np.stack([synthetic[position[pair["synthetic_index"]]], train_images[train_position[pair["real_train_row"]]]])
+        real = train_images[train_position[pair["real_train_row"]]]
+        both = np.stack([synthetic[position[pair["synthetic_index"]]], real])
         tile = _tile(both, 2, scale)
         caption = [f"#{pair['synthetic_index']} vs train {pair['real_train_row']}",
                    f"ratio {pair['pixel_ratio']:.2f} rmse {pair['pixel_rmse']:.3f}"

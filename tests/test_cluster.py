@@ -404,7 +404,8 @@ def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypat
 
     monkeypatch.setattr(placement, "AUTOSCALE_TIMEOUT_S", 0.0)
     fake_cluster.update(gpus=[2], requests=[])
-    with pytest.raises(SynthgenError, match=r"--gpus 8: the autoscaler brought only 2 GPU\(s\) in 0 s; see `ray status`"):
+    brought_two = r"--gpus 8: the autoscaler brought only 2 GPU\(s\) in 0 s; see `ray status`"
+    with pytest.raises(SynthgenError, match=brought_two):
         placement.actor_shapes(RunConfig(count=10, gpus=8))
     assert fake_cluster["requests"] == [[{"GPU": 1}] * 8, []]
 
