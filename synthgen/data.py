@@ -1,4 +1,4 @@
-"""PyTorch datasets over synthgen output, real images in the same shape, and real+synthetic mixing.
+"""PyTorch datasets over synthgen output (real images and real+synthetic mixing: :mod:`synthgen.mixing`).
 
 A synthgen dataset is indexed from Parquet footers only: one ``(file, row group, rows)`` entry per row group,
 so opening a million-image dataset reads no image. Items are read one row group at a time (the last one is
@@ -6,9 +6,9 @@ cached), which makes sequential and DataLoader access cheap without holding the 
 layout is read through its metadata Parquet (``metadata.parquet`` or ``meta/shard-*.parquet``): the row group
 gives the file names, each image is one small read.
 
-Every dataset here yields ``(image, label)``: a float ``(C, H, W)`` tensor in [0, 1] (or ``transform(PIL
-image)``) and an int (-1 for an unconditional model). Filesystems are opened lazily and dropped on pickling,
-so each DataLoader worker opens its own. No Ray here (the engine is the only module that imports it).
+Every dataset yields ``(image, label)`` as :mod:`synthgen.mixing` describes. Filesystems are opened lazily
+and dropped on pickling, so each DataLoader worker opens its own. No Ray here (the engine is the only
+package that imports it). ``RealImageDataset``, ``MixedDataset`` and ``mix`` are importable from here too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,10 +30,9 @@ from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, to_pil
-from synthgen.readers import ImageSet, load_images
+from synthgen.mixing import MixedDataset, RealImageDataset, Transform, mix, to_tensor  # noqa: F401 (re-exported)
 from synthgen.writers import raw_pixels
 
-Transform = Callable[[Image.Image], Any]
 
 
 @dataclass
@@ -198,12 +197,6 @@ class _RowGroupReader:
         return to_tensor(self.image(cols, k)), int(cols["label"][k])
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (C, H, W) in [0, 1]."""
-    # np.array copies: arrays from PIL are read-only, which torch warns about
-    return torch.from_numpy(np.array(image.transpose(2, 0, 1))).float().div_(255)  # (C, H, W)
-
-
 class SyntheticImageDataset(Dataset):
     """Map-style dataset over a synthgen dataset (Parquet or PNG layout, local or URI).
 
@@ -310,100 +303,3 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     if world_size < 1 or not 0 <= rank < world_size:
         raise SynthgenError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     return rank, world_size
-
-
-class RealImageDataset(Dataset):
-    """Real images (MedMNIST ``.npz``, class folders or Parquet, read by :func:`synthgen.readers.load_images`)
-    yielding exactly what :class:`SyntheticImageDataset` yields."""
-
-    def __init__(self, source: str | ImageSet, split: str = "train", transform: Transform | None = None):
-        self.data = source if isinstance(source, ImageSet) else load_images(str(source), split)
-        self.class_names = self.data.class_names
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data.images)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image, label = self.data.images[i], int(self.data.labels[i])  # (H, W, C) uint8
-        if self.transform is not None:
-            return self.transform(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)), label
-        return to_tensor(image), label
-
-
-class MixedDataset(Dataset):
-    """Real and synthetic items interleaved so that every prefix holds the asked synthetic fraction.
-
-    Position ``i`` is synthetic when ``floor((i+1)*S/N) > floor(i*S/N)`` (S synthetic of N in all), so the
-    fraction holds exactly overall and to within one item in any prefix; which real or synthetic item comes
-    next follows a seeded permutation of each source (cycled when more are needed than it holds).
-    """
-
-    def __init__(self, real: Dataset, synthetic: Dataset, synthetic_fraction: float, length: int | None = None,
-                 seed: int = 0):
-        if not 0.0 <= synthetic_fraction <= 1.0:
-            raise SynthgenError(f"synthetic_fraction must be in [0, 1], got {synthetic_fraction}")
-        _check_same_classes(real, synthetic)
-        if length is None:  # use every real item once, and as many synthetic as the fraction asks
-            if synthetic_fraction == 1.0:
-                length = len(synthetic)
-            else:
-                length = len(real) + round(len(real) * synthetic_fraction / (1 - synthetic_fraction))
-        self.real, self.synthetic, self.length = real, synthetic, int(length)
-        self.num_synthetic = round(self.length * synthetic_fraction)
-        for name, ds, need in (("real", real, self.length - self.num_synthetic),
-                               ("synthetic", synthetic, self.num_synthetic)):
-            if need and len(ds) == 0:
-                raise SynthgenError(f"mix: the {name} dataset is empty but {need} {name} items are asked for")
-        rng = np.random.default_rng(seed)
-        self._real_order = rng.permutation(len(real))
-        self._syn_order = rng.permutation(len(synthetic))
-        self.class_names = getattr(real, "class_names", None) or getattr(synthetic, "class_names", None)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def source(self, i: int) -> tuple[str, int]:
-        """Which dataset position ``i`` comes from ("real" or "synthetic") and the item's index in it."""
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {i} out of range for a mix of {self.length} items")
-        s, n = self.num_synthetic, self.length
-        synthetic_before = i * s // n
-        if (i + 1) * s // n > synthetic_before:
-            return "synthetic", int(self._syn_order[synthetic_before % len(self._syn_order)])
-        real_before = i - synthetic_before
-        return "real", int(self._real_order[real_before % len(self._real_order)])
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        which, j = self.source(int(i))
-        return (self.synthetic if which == "synthetic" else self.real)[j]
-
-
-def _check_same_classes(real: Dataset, synthetic: Dataset) -> None:
-    a, b = getattr(real, "class_names", None), getattr(synthetic, "class_names", None)
-    # names "0", "1", ... are a reader's placeholders (data without names): they match by position only
-    named = a and b and not _placeholder(a) and not _placeholder(b)
-    if a and b and (len(a) != len(b) or (named and list(a) != list(b))):
-        raise SynthgenError(f"mix: real data has classes {', '.join(a)} but the synthetic data has "
-                            f"{', '.join(b)}; labels would not mean the same thing")
-
-
-def _placeholder(names: list[str]) -> bool:
-    return list(names) == [str(i) for i in range(len(names))]
-
-
-def mix(real: Dataset, synthetic: Dataset, synthetic_fraction: float = 0.5, length: int | None = None,
-        seed: int = 0) -> MixedDataset:
-    """Real + synthetic training data with a fixed synthetic fraction (augmentation).
-
-    Args:
-        real: e.g. a :class:`RealImageDataset`.
-        synthetic: e.g. a :class:`SyntheticImageDataset`; both must yield the same kind of items.
-        synthetic_fraction: share of synthetic items, 0 to 1.
-        length: total items; default: every real item once plus the synthetic ones the fraction needs.
-        seed: decides which items of each source come where.
-
-    Returns:
-        A map-style dataset in which exactly ``round(length * synthetic_fraction)`` items are synthetic.
-    """
-    return MixedDataset(real, synthetic, synthetic_fraction, length, seed)
