@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -163,7 +164,8 @@ class _RowGroupReader:
             with self.loc.fs.open_input_file(self.loc.join(rel)) as f:
                 table = pq.ParquetFile(f).read_row_group(group, columns=[image_col, "index", "seed", "label"])
             cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
-            cols["seed"] = [int(seed) for seed in cols["seed"]]  # metadata.parquet stores them as strings
+            if pa.types.is_string(table.column("seed").type):  # metadata.parquet stores seeds as strings
+                cols["seed"] = [int(seed) for seed in cols["seed"]]
             if image_col == "image":
                 images = table.column("image").combine_chunks()
                 pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding

@@ -44,7 +44,6 @@ NO_AGENT = "No available agent to submit job"  # Ray's job server, while the hea
 AGENT_WAIT_S, AGENT_RETRY_S = 60.0, 2.0
 
 
-
 # --- addresses and authentication ------------------------------------------------------------------
 
 

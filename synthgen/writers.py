@@ -256,7 +256,8 @@ def write_png_metadata(loc: storage.Location, shard_files: list[str], class_name
     features = {"file_name": {"dtype": "string", "_type": "Value"}, "index": {"dtype": "int64", "_type": "Value"},
                 "seed": {"dtype": "string", "_type": "Value"}, "label": label,
                 "png_sha256": {"dtype": "string", "_type": "Value"}}
-    schema = _png_meta_schema().set(2, pa.field("seed", pa.string()))
+    schema = _png_meta_schema()
+    schema = schema.set(schema.get_field_index("seed"), pa.field("seed", pa.string()))
     schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
     with storage.open_atomic(loc, path) as out:
         writer = pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION)
