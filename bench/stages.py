@@ -55,16 +55,17 @@ def on_lanes(count: int, batch: int, work) -> float:
     return batches * batch / (time.perf_counter() - start)
 
 
-def actor_rate(model_dir: str, count: int, rows_only: bool) -> float:
-    """images/s of ShardGenerator on shards of SHARD images, two in flight (as the engine runs it)."""
+def actor_rate(model_dir: str, count: int, rows_only: bool = False, *, device: str = "cpu", lanes: int = LANES,
+               precision: str = "fp32", shard: int = SHARD) -> float:
+    """images/s of ShardGenerator on shards of ``shard`` images, two in flight (as the engine runs it)."""
     ckpt, fingerprint = inspect_checkpoint(model_dir)
     out = tempfile.mkdtemp(prefix="synthgen-stages-")
     channels, height, width = ckpt.image_shape
     layout = Layout("parquet", tuple(ckpt.class_names), image_shape=(height, width, channels))
-    config = WorkerConfig(model_dir, fingerprint, out, layout, seed=5, device="cpu", threads=LANES,
-                          labels=parse_label_plan(None, ckpt.class_names).to_json())
+    config = WorkerConfig(model_dir, fingerprint, out, layout, seed=5, device=device, threads=lanes,
+                          precision=precision, labels=parse_label_plan(None, ckpt.class_names).to_json())
     generator = ShardGenerator(config)
-    specs = [ShardSpec(i, i * SHARD, (i + 1) * SHARD) for i in range(count // SHARD)]
+    specs = [ShardSpec(i, i * shard, (i + 1) * shard) for i in range(count // shard)]
     add = ShardWriter.add
     if rows_only:  # Arrow rows built, nothing written: what the Parquet write itself costs
         def build_rows(self, indices, seeds, labels, images):
@@ -75,7 +76,7 @@ def actor_rate(model_dir: str, count: int, rows_only: bool) -> float:
         start = time.perf_counter()
         with ThreadPoolExecutor(2) as calls:
             list(calls.map(generator, specs))
-        return len(specs) * SHARD / (time.perf_counter() - start)
+        return len(specs) * shard / (time.perf_counter() - start)
     finally:
         ShardWriter.add = add
         generator.pool.shutdown()

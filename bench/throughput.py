@@ -37,7 +37,7 @@ from synthgen.checkpoint import load_checkpoint
 from synthgen.inference import prepare_model
 from synthgen.plan import image_seeds
 from synthgen.rng import normal_from_seeds
-from synthgen.sampling import to_uint8
+from synthgen.sampling import AUTOCAST_DTYPES, to_uint8
 from synthgen.worker import CPU_BATCH
 from synthgen.worker_config import allocator_env
 
@@ -52,28 +52,31 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, precision: str, lanes: int) -> float:
-    """Images/s of the forward pass alone (noise made beforehand, no encoding), ``lanes`` threads of 1 torch
-    thread each when lanes > 1 (as synthgen's actors run), else torch's own threads in one forward."""
+def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, precision: str, lanes: int,
+             device: str = "cpu") -> float:
+    """Images/s of the forward pass alone (noise made beforehand, no encoding; the uint8 copy back included),
+    ``lanes`` threads of 1 torch thread each when lanes > 1 (as synthgen's CPU actors run), else torch's own
+    threads in one forward. On a GPU (``device`` "cuda"), one lane, timed to the last copy back."""
     seeds = image_seeds(0, np.arange(batch))
-    z = torch.from_numpy(normal_from_seeds(seeds, latent_dim))  # (batch, latent), made once: not timed
-    y = torch.arange(batch) % classes if classes else None
+    z = torch.from_numpy(normal_from_seeds(seeds, latent_dim)).to(device)  # (batch, latent), made once: not timed
+    y = (torch.arange(batch) % classes).to(device) if classes else None
     per_lane = -(-count // (batch * lanes))
+    dtype = AUTOCAST_DTYPES[precision]
 
-    def forward_passes() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for _ in range(per_lane):
-                to_uint8(model(z, y))  # (batch, H, W, C)
+    def forward_passes(passes: int) -> None:
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype,
+                                                    enabled=dtype is not None):
+            for _ in range(passes):
+                to_uint8(model(z, y))  # (batch, H, W, C) on the host
 
     threads = torch.get_num_threads()
     if lanes > 1:
         torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
-            to_uint8(model(z, y))  # warm-up: kernel selection, outside the timing
+        forward_passes(1)  # warm-up: kernel selection, outside the timing
         t0 = time.perf_counter()
         with ThreadPoolExecutor(lanes) as pool:
-            list(pool.map(lambda _: forward_passes(), range(lanes)))
+            list(pool.map(lambda _: forward_passes(per_lane), range(lanes)))
         return per_lane * batch * lanes / (time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
