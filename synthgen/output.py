@@ -38,6 +38,7 @@ def output_lock(loc: storage.Location) -> Iterator[None]:
         yield  # prepare_output reports a path that is a file
         return
     path = os.path.join(loc.root, LOCK_FILE)
+    made_root = not os.path.exists(loc.root)
     try:
         os.makedirs(loc.root, exist_ok=True)
         _acquire(path, loc.uri)
@@ -48,6 +49,9 @@ def output_lock(loc: storage.Location) -> Iterator[None]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        if made_root:  # a run that wrote nothing leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(loc.root)
 
 
 def _acquire(path: str, uri: str) -> None:
@@ -93,18 +97,34 @@ def _still_running(holder: dict, host: str) -> bool:
     return True
 
 
-def prepare_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
-    """Make ``loc`` ready: new dataset, resume of the same one, or (with ``overwrite``) a replaced one.
+def plan_output(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> tuple[mf.Manifest, bool]:
+    """Decide, without writing anything, what a run does with ``loc``: start a new dataset, resume the same
+    one, or (with ``overwrite``) replace one. Refuses other settings without ``overwrite``, and files synthgen
+    did not write in any case.
 
-    Never touches files synthgen did not write; a directory holding other files is refused.
+    Returns:
+        The manifest the run continues from, and whether :func:`write_output` must delete a dataset first.
     """
     try:
-        return _prepare(loc, fresh, overwrite)
+        return _plan(loc, fresh, overwrite)
     except OSError as err:  # object stores: no such bucket, credentials refused, endpoint unreachable
         raise SynthgenError(f"--out {loc.uri}: cannot use it ({storage.error_line(err)})") from None
 
 
-def _prepare(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.Manifest:
+def write_output(loc: storage.Location, manifest: mf.Manifest, replace: bool) -> None:
+    """Carry out :func:`plan_output`'s decision: delete the dataset it replaces, clear temporaries of killed
+    runs, and save the manifest. Called once the cluster has taken the job, so a refused run changes nothing."""
+    try:
+        if replace:
+            _delete_dataset(loc)
+        _remove_stale_temporaries(loc)
+        mf.save(loc, manifest)
+    except OSError as err:
+        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or storage.error_line(err)})"
+                            ) from None
+
+
+def _plan(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> tuple[mf.Manifest, bool]:
     damaged = False
     try:
         existing = mf.load(loc)
@@ -119,25 +139,22 @@ def _prepare(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> mf.M
         if foreign:
             raise SynthgenError(f"--out {loc.uri}: holds files that are not a synthgen dataset "
                                 f"({', '.join(foreign[:3])}); choose an empty or new directory")
-        if overwrite:
-            _delete_dataset(loc)
-    elif overwrite or mf.identity_diff(existing, fresh):
-        if not overwrite:
-            diff = "; ".join(mf.identity_diff(existing, fresh))
-            raise SynthgenError(f"--out {loc.uri}: holds a dataset made with other settings ({diff}); "
-                                "use another --out, or --overwrite to replace it")
-        _delete_dataset(loc)
-    else:
+    elif not overwrite and mf.identity_diff(existing, fresh):
+        diff = "; ".join(mf.identity_diff(existing, fresh))
+        raise SynthgenError(f"--out {loc.uri}: holds a dataset made with other settings ({diff}); "
+                            "use another --out, or --overwrite to replace it")
+    elif not overwrite:
         fresh.shards = {j: r for j, r in existing.shards.items()
                         if not check_shard(loc, r, fresh.job["format"], deep=False)}
         fresh.status = existing.status if len(fresh.shards) == len(existing.shards) else "in_progress"
-    _remove_stale_temporaries(loc)
-    try:
-        mf.save(loc, fresh)
-    except OSError as err:
-        raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or storage.error_line(err)})"
-                            ) from None
-    return fresh
+        return fresh, False
+    replace = overwrite and storage.exists(loc, loc.root)
+    if replace:
+        foreign = _foreign_inner_files(loc)
+        if foreign:
+            raise SynthgenError(f"--out {loc.uri}: --overwrite would delete files synthgen did not write "
+                                f"({', '.join(foreign[:3])}); move them out of the dataset first")
+    return fresh, replace
 
 
 def _foreign_files(loc: storage.Location, ours: tuple[str, ...]) -> list[str]:
@@ -173,12 +190,6 @@ def _is_ours(name: str) -> bool:
 
 
 def _delete_dataset(loc: storage.Location) -> None:
-    if not storage.exists(loc, loc.root):
-        return
-    foreign = _foreign_inner_files(loc)
-    if foreign:
-        raise SynthgenError(f"--out {loc.uri}: --overwrite would delete files synthgen did not write "
-                            f"({', '.join(foreign[:3])}); move them out of the dataset first")
     names = [p.rsplit("/", 1)[-1] for p in storage.list_files(loc, loc.root)] + _subdirs(loc)
     # the manifest goes last: a deletion cut short still leaves a dataset that --overwrite may replace
     for name in sorted(names, key=lambda n: n == mf.MANIFEST_FILE):

@@ -27,6 +27,7 @@ from synthgen.errors import SynthgenError
 from synthgen.rng import philox4x32, split64
 
 MAX_SEED = 2**64 - 1
+MAX_COUNT = 2**63 - 1  # indices are int64 (the ``index`` column, and numpy's index arithmetic)
 PRECISIONS = ("fp32", "bf16", "fp16")
 # How the generator runs while sampling (synthgen.inference): batch norms folded into the layer before them,
 # thin stride-2 ConvTranspose layers as sub-pixel convolutions, weights channels-last. Other kernels run, so a
@@ -75,6 +76,8 @@ def plan_shards(count: int, shard_size: int) -> Iterator[ShardSpec]:
 def check_counts(count: int, shard_size: int) -> None:
     if count < 1:
         raise SynthgenError(f"--count must be at least 1, got {count}")
+    if count > MAX_COUNT:
+        raise SynthgenError(f"--count must be at most 2**63-1 (image indices are int64), got {count}")
     if shard_size < 1:
         raise SynthgenError(f"--shard-size must be at least 1, got {shard_size}")
 

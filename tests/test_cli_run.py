@@ -203,6 +203,7 @@ def unconditional(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("extra,message", [
     (("--count", "0"), "--count must be at least 1"),
+    (("--count", str(2**63)), "--count must be at most 2**63-1"),
     (("--shard-size", "-1"), "--shard-size must be at least 1"),
     (("--labels", "benign=1"), "unknown class 'benign'; this model's classes are malignant, normal"),
     (("--format", "jpeg"), "--format must be one of parquet, png"),
@@ -218,6 +219,32 @@ def test_bad_flags(extra, message, tiny_checkpoint, tmp_path):
     result = invoke(*run_args(tiny_checkpoint, tmp_path / "never"), *extra)
     assert result.exit_code == 1 and message in result.output
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--gpus", "1"), "--gpus 1: the cluster has 0 GPU(s) and 2 CPU(s)"),
+    (("--workers", "3"), "--workers 3: the cluster has 0 GPU(s) and 2 CPU(s)"),
+])
+def test_more_than_the_cluster_has_is_refused_and_leaves_nothing(extra, message, tiny_checkpoint, tmp_path,
+                                                                 ray_local):
+    refused = invoke(*run_args(tiny_checkpoint, tmp_path / "new"), *extra)
+    assert refused.exit_code == 1 and message in refused.output
+    assert not (tmp_path / "new").exists()
+    # a dataset in progress keeps its manifest and shards when a resume is refused
+    partial = tmp_path / "partial"
+    assert invoke(*run_args(tiny_checkpoint, partial, "--count", "20", "--shard-size", "10")).exit_code == 0
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["status"] = "in_progress"
+    (partial / manifest["shards"].pop()["file"]).unlink()
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    assert invoke(*run_args(tiny_checkpoint, partial, "--count", "20", "--shard-size", "10"), *extra).exit_code == 1
+    assert [s["shard_id"] for s in json.loads((partial / "manifest.json").read_text())["shards"]] == [0]
+    # nor does --overwrite delete anything when the cluster refuses the run that would replace it
+    other = invoke(*run_args(tiny_checkpoint, partial, "--count", "30", "--overwrite"), *extra)
+    assert other.exit_code == 1 and message in other.output
+    assert json.loads((partial / "manifest.json").read_text())["job"]["count"] == 20
+    assert (partial / "data" / "shard-00000.parquet").exists()
+    assert invoke(*run_args(tiny_checkpoint, partial, "--count", "20", "--shard-size", "10")).exit_code == 0
 
 
 def test_bad_model_and_out(tmp_path, unconditional, ray_local):

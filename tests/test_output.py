@@ -48,3 +48,17 @@ def test_a_lock_from_another_host_names_the_file_to_delete(tmp_path):
         with output_lock(storage.locate(tmp_path)):
             pass
     assert (tmp_path / LOCK_FILE).exists()  # not ours to remove
+
+
+def test_a_lock_leaves_no_empty_directory_it_made(tmp_path):
+    with output_lock(storage.locate(tmp_path / "new")):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()
+    with output_lock(storage.locate(tmp_path / "written")):
+        (tmp_path / "written" / "manifest.json").write_text("{}")
+    assert (tmp_path / "written" / "manifest.json").exists()
+    (tmp_path / "mine").mkdir()
+    with output_lock(storage.locate(tmp_path / "mine")):
+        pass
+    assert (tmp_path / "mine").is_dir()  # the user's own empty directory stays
+

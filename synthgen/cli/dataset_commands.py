@@ -40,8 +40,8 @@ def run(
     gpus: Annotated[Optional[int], typer.Option(help="GPUs to use, one actor each (default: all the cluster "
                                                      "has; 0 = CPU actors).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs, "
-                                                        "each using its share of the CPUs (default: one per "
-                                                        "node, or one per 8 CPUs).")] = None,
+                                                        "each using its share of the CPUs, at most one per CPU "
+                                                        "(default: one per node, or one per 8 CPUs).")] = None,
     actors_per_gpu: Annotated[int, typer.Option(help="Actors sharing each GPU.")] = 1,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: http(s)://HEAD:8265 submits a Ray job "
                                                         "(see `synthgen jobs`); host:port or ray://... joins it "

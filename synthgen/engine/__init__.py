@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import ray
 from tqdm import tqdm
@@ -26,8 +25,8 @@ from synthgen.engine.placement import split_lanes  # noqa: F401 (part of the eng
 from synthgen.engine.pool import ActorPool
 from synthgen.errors import SynthgenError
 from synthgen.imaging import png_encoder_name, png_settings
-from synthgen.output import output_lock, prepare_output
-from synthgen.plan import INFERENCE_FORM, ShardSpec, parse_label_plan, plan_shards
+from synthgen.output import output_lock, plan_output, write_output
+from synthgen.plan import INFERENCE_FORM, parse_label_plan, plan_shards
 from synthgen.settings import check_run_settings
 from synthgen.worker_config import WorkerConfig
 from synthgen.writers import PARQUET_COMPRESSION, RAW_LAYOUT, Layout, write_png_metadata
@@ -100,14 +99,20 @@ def run(config: RunConfig) -> RunSummary:
     loc = storage.locate(config.out)
     summary = RunSummary(config.out, config.count, 0, 0, 0.0)
     with output_lock(loc):
-        manifest = prepare_output(loc, fresh, config.overwrite)
-        todo = (s for s in plan_shards(config.count, config.shard_size) if s.shard_id not in manifest.shards)
-        if len(manifest.shards) < manifest.num_shards:
+        manifest, replace = plan_output(loc, fresh, config.overwrite)  # refusals first: nothing written yet
+        if len(manifest.shards) == manifest.num_shards:
+            write_output(loc, manifest, replace)
+        else:
             worker = WorkerConfig(model_source, fresh.model["fingerprint"], config.out, layout, config.seed,
                                   fresh.job["labels"], config.batch_size, config.precision,
                                   allow_import=config.allow_import)
             with _ray_session(config.address):
-                _generate(config, worker, manifest, loc, todo, summary)
+                pool = ActorPool(config, worker)  # the cluster takes the job, or refuses it, before any write
+                try:
+                    write_output(loc, manifest, replace)
+                    _generate(config, pool, manifest, loc, summary)
+                finally:
+                    pool.shutdown()
         _finish(loc, manifest)
     summary.bytes = sum(r.bytes for r in manifest.shards.values())
     summary.seconds = time.perf_counter() - t0
@@ -184,10 +189,10 @@ def _use_cluster_token() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, loc: storage.Location,
-              todo: Iterator[ShardSpec], summary: RunSummary) -> None:
-    pool = ActorPool(config, worker)
+def _generate(config: RunConfig, pool: ActorPool, manifest: mf.Manifest, loc: storage.Location,
+              summary: RunSummary) -> None:
     summary.lanes, summary.device, summary.gpu_ids = [s.lanes for s in pool.shapes], pool.device, pool.gpu_ids
+    todo = (s for s in plan_shards(config.count, config.shard_size) if s.shard_id not in manifest.shards)
     bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
                disable=not config.progress, desc="generating", smoothing=0.1)
     saver = _ManifestSaver(loc, manifest)
@@ -202,7 +207,6 @@ def _generate(config: RunConfig, worker: WorkerConfig, manifest: mf.Manifest, lo
         summary.generate_seconds = time.perf_counter() - t0
         saver.save()
         bar.close()
-        pool.shutdown()
 
 
 class _ManifestSaver:

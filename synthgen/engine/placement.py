@@ -1,4 +1,4 @@
-"""Where generation actors go: how many, how wide, on which nodes; waits for GPUs an autoscaler can add."""
+"""Where generation actors go: how many, how wide, on which nodes; waits for nodes an autoscaler can add."""
 
 from __future__ import annotations
 
@@ -34,13 +34,16 @@ def actor_shapes(config: RunConfig) -> list[ActorShape]:
     total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     gpus = total_gpus if config.gpus is None else config.gpus
     if gpus > total_gpus:  # fails fast, unless an autoscaler can add GPU nodes: then waits for them
-        total_gpus, total_cpus = wait_for_gpus(gpus, total_gpus, total_cpus)
+        total_gpus, total_cpus = wait_for("GPU", gpus, f"--gpus {gpus}")
     if gpus:
         actors = gpus * config.actors_per_gpu
         cpus = min(1.0, total_cpus / actors) if total_cpus else 0
         # lanes encode while another lane holds the GPU: share the cluster's cores between the GPU actors
         shape = ActorShape({"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, max(1, total_cpus // actors))
         return [shape] * actors
+    if config.workers is not None and config.workers > total_cpus:
+        # a worker is a process with its own copy of torch: more of them than cores only adds memory
+        total_gpus, total_cpus = wait_for("CPU", config.workers, f"--workers {config.workers}")
     nodes = {n["NodeID"]: int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]}
     nodes = {node: cpus for node, cpus in nodes.items() if cpus >= 1}
     if not nodes:
@@ -53,8 +56,7 @@ def actor_shapes(config: RunConfig) -> list[ActorShape]:
                              "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}, lanes)
                 for node, cpus in nodes.items() for lanes in split_lanes(cpus)]
     threads = max(1, min(max(nodes.values()), total_cpus // config.workers))
-    cpus = float(threads) if config.workers * threads <= total_cpus else total_cpus / config.workers
-    return [ActorShape({"num_cpus": cpus, "num_gpus": 0}, threads)] * config.workers
+    return [ActorShape({"num_cpus": threads, "num_gpus": 0}, threads)] * config.workers
 
 
 def split_lanes(cpus: int, most: int = MAX_LANES_PER_ACTOR) -> list[int]:
@@ -71,37 +73,44 @@ def describe(shapes: list[ActorShape]) -> str:
 AUTOSCALE_TIMEOUT_S = float(os.environ.get("SYNTHGEN_AUTOSCALE_TIMEOUT_S", 1200))  # GPU nodes boot in minutes
 
 
-def wait_for_gpus(gpus: int, have: int, cpus: int) -> tuple[int, int]:
-    """Ask the cluster's autoscaler for ``gpus`` GPUs and wait for them; without one, refuse at once.
+def wait_for(resource: str, wanted: int, flag: str) -> tuple[int, int]:
+    """Ask the cluster's autoscaler for ``wanted`` units of ``resource`` ("GPU" or "CPU") and wait for them;
+    without an autoscaler that can add nodes, refuse at once.
 
     Returns:
-        The cluster's GPUs and CPUs once it has enough GPUs.
+        The cluster's GPUs and CPUs once it has enough of ``resource``.
     """
+    def counts() -> tuple[int, int, int]:
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        return gpus, cpus, gpus if resource == "GPU" else cpus
+
+    gpus, cpus, have = counts()
     if not autoscaler_can_add_nodes():
-        raise SynthgenError(f"--gpus {gpus}: the cluster has {have} GPU(s) and {cpus} CPU(s)")
+        raise SynthgenError(f"{flag}: the cluster has {gpus} GPU(s) and {cpus} CPU(s)")
     from ray.autoscaler.sdk import request_resources
 
     def say(message: str) -> None:
-        print(f"--gpus {gpus}: {message}", file=sys.stderr, flush=True)
+        print(f"{flag}: {message}", file=sys.stderr, flush=True)
 
-    say(f"the cluster has {have} GPU(s); asked its autoscaler for more, waiting up to {AUTOSCALE_TIMEOUT_S:.0f} s")
-    request_resources(bundles=[{"GPU": 1}] * gpus)
+    say(f"the cluster has {have} {resource}(s); asked its autoscaler for more, "
+        f"waiting up to {AUTOSCALE_TIMEOUT_S:.0f} s")
+    request_resources(bundles=[{resource: 1}] * wanted)
     start = time.monotonic()
     try:
-        while have < gpus:
+        while have < wanted:
             waited = time.monotonic() - start
             if waited >= AUTOSCALE_TIMEOUT_S:
-                raise SynthgenError(f"--gpus {gpus}: the autoscaler brought only {have} GPU(s) in {waited:.0f} s; "
+                raise SynthgenError(f"{flag}: the autoscaler brought only {have} {resource}(s) in {waited:.0f} s; "
                                     "see `ray status` on the head (max_workers, instance quotas)")
             time.sleep(2)
-            resources = ray.cluster_resources()
-            now, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-            if now != have:
-                say(f"{now} GPU(s) after {time.monotonic() - start:.0f} s")
-            have = now
+            before = have
+            gpus, cpus, have = counts()
+            if have != before:
+                say(f"{have} {resource}(s) after {time.monotonic() - start:.0f} s")
     finally:
         request_resources(bundles=[])  # the actors' own demand holds the nodes from here on
-    return have, cpus
+    return gpus, cpus
 
 
 def autoscaler_can_add_nodes() -> bool:
