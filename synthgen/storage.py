@@ -86,6 +86,15 @@ def error_line(err: BaseException) -> str:
     return text.replace(" To create buckets, enable the allow_bucket_creation option.", "")
 
 
+def human_bytes(n: float) -> str:
+    """A size for people: "512 B", "3.4 MB" (units of 1024)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def exists(loc: Location, path: str) -> bool:
     return loc.fs.get_file_info(path).type != pafs.FileType.NotFound
 

@@ -9,14 +9,6 @@ import typer
 from synthgen.cli.common import app, fail, user_errors
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 @app.command()
 def run(
     count: Annotated[int, typer.Option("--count", "-n", help="Images to generate.")],
@@ -78,10 +70,12 @@ def run(
             typer.echo(f"interrupted; committed shards are kept in {out}: run the same command again to resume",
                        err=True)
             raise typer.Exit(130) from None
+    from synthgen.storage import human_bytes
+
     if summary.actors:
         typer.echo(summary.describe_actors())
     made = f"{summary.generated} new" if summary.generated != summary.total else f"{summary.generated}"
-    typer.echo(f"done: {made} images ({summary.total} in the dataset), {_human_bytes(summary.bytes)}, "
+    typer.echo(f"done: {made} images ({summary.total} in the dataset), {human_bytes(summary.bytes)}, "
                f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {out}")
 
 
@@ -90,12 +84,13 @@ def verify(
     path: Annotated[str, typer.Argument(help="Dataset directory or URI.")],
 ) -> None:
     """Check a dataset against its manifest: files, sizes, sha256, row counts, every index exactly once."""
+    from synthgen.storage import human_bytes
     from synthgen.verify import verify_dataset
 
     with user_errors():
         report = verify_dataset(path)
     counts = ", ".join(f"{k}={v}" for k, v in report.class_counts.items())
-    typer.echo(f"{path}: {report.rows} rows in {report.shards} shards, {_human_bytes(report.bytes)}"
+    typer.echo(f"{path}: {report.rows} rows in {report.shards} shards, {human_bytes(report.bytes)}"
                + (f" ({counts})" if counts else ""))
     if not report.ok:
         for problem in report.problems:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from synthgen import manifest as mf
 from synthgen import storage
+from synthgen.capacity import SpaceCheck
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.engine.placement import split_lanes  # noqa: F401 (part of the engine's interface)
 from synthgen.engine.pool import ActorPool
@@ -196,13 +197,17 @@ def _generate(config: RunConfig, pool: ActorPool, manifest: mf.Manifest, loc: st
     bar = tqdm(total=config.count, initial=manifest.rows_done(), unit="img", unit_scale=True,
                disable=not config.progress, desc="generating", smoothing=0.1)
     saver = _ManifestSaver(loc, manifest)
+    space = SpaceCheck(loc, manifest)
+    done = manifest.rows_done()
     t0 = time.perf_counter()
     try:
         for record in pool.map_unordered(todo, summary):
             manifest.shards[record.shard_id] = record
             summary.generated += record.rows
+            done += record.rows
             bar.update(record.rows)
             saver.maybe_save()
+            space(config.count - done - pool.images_in_flight())
     finally:
         summary.generate_seconds = time.perf_counter() - t0
         saver.save()

@@ -111,6 +111,10 @@ class ActorPool:
             except RayTaskError as err:
                 raise SynthgenError(f"shard {spec.shard_id} failed: {_cause(err)}") from None
 
+    def images_in_flight(self) -> int:
+        """Images in the shards handed out and not yet back."""
+        return sum(spec.count for _, spec in self.in_flight.values())
+
     def _replace_if_dead(self, actor, load: dict) -> None:
         try:
             ray.get(actor.ping.remote(), timeout=self.config.start_timeout_s)
