@@ -42,9 +42,12 @@ class SpaceCheck:
     def __call__(self, images_left: int) -> None:
         if not self.loc.is_local or images_left <= 0 or not self.manifest.shards:
             return
-        if self.bytes_per_image is None:
-            self.bytes_per_image = self._measure()
-        free = free_space(self.loc.root)
+        try:
+            if self.bytes_per_image is None:
+                self.bytes_per_image = self._measure()
+            free = free_space(self.loc.root)
+        except (OSError, ValueError):  # a file gone or unreadable meanwhile: a guard, not worth failing a run
+            return
         need = images_left * self.bytes_per_image
         if need > free.bytes:
             self._refuse(images_left, f"need about {storage.human_bytes(need)} ({self.bytes_per_image:,.0f} B "
