@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -180,6 +182,37 @@ def test_declared_gpus_get_one_actor_each_and_too_many_fail_fast(tmp_path, tiny_
     assert refused.returncode == 1 and time.time() - started < 60
     assert "error: --gpus 3: the cluster has 2 GPU(s)" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, tiny_checkpoint):
+    from conftest import _free_ports
+
+    started = time.time()
+    refused = cli("run", "--count", "10", "--model", tiny_checkpoint, "--out", str(tmp_path / "never"),
+                  "--address", f"127.0.0.1:{_free_ports(1)[0]}", "--no-progress", timeout=120)
+    assert refused.returncode == 1 and time.time() - started < 60  # Ray alone would retry without end
+    assert re.fullmatch(r"error: cannot reach --address 127\.0\.0\.1:\d+: nothing answers at \S+ "
+                        r"\(Connection refused\); is the cluster's head running .*\n", refused.stderr)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_without_an_address_a_dead_clusters_leftover_file_is_ignored(tmp_path, tiny_checkpoint):
+    from conftest import _free_ports
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sg", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        (ray_tmp / "ray").mkdir()
+        # what a `ray start` cluster that was killed leaves behind; a bare ray.init() would wait for it forever
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_ports(1)[0]}")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        done = subprocess.run([sys.executable, "-m", "synthgen", "run", "--count", "100", "--model",
+                               tiny_checkpoint, "--out", str(tmp_path / "ds"), "--no-progress"],
+                              capture_output=True, text=True, timeout=300, env={**env, "RAY_TMPDIR": str(ray_tmp)})
+        assert done.returncode == 0, done.stderr
+        assert verify_dataset(str(tmp_path / "ds")).ok
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

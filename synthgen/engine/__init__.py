@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from synthgen.worker_config import WorkerConfig
 from synthgen.writers import PARQUET_COMPRESSION, RAW_LAYOUT, Layout, write_png_metadata
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
+GCS_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -150,7 +152,13 @@ def model_reference(model: str | None) -> str:
 
 
 class _ray_session:
-    """Join the cluster at ``address``, reuse this process's Ray, or start a local cluster (and stop it)."""
+    """Join the cluster at ``address`` (or RAY_ADDRESS), reuse this process's Ray, or start a local cluster
+    (and stop it).
+
+    Without an address this starts its own cluster, where a bare ``ray.init()`` would join the cluster named
+    by ``/tmp/ray/ray_current_cluster``. That file outlives a ``ray start`` cluster that was killed, and Ray
+    then waits for the dead cluster without end. ``--address auto`` joins the cluster ``ray start`` runs here.
+    """
 
     def __init__(self, address: str | None):
         self.address, self.started = address, False
@@ -158,13 +166,17 @@ class _ray_session:
     def __enter__(self) -> None:
         if ray.is_initialized():
             return
+        env = os.environ.get("RAY_ADDRESS")
+        address = self.address or env or "local"
+        where = (f"--address {self.address}" if self.address else f"RAY_ADDRESS={env}" if env
+                 else "a local Ray cluster")
         if self.address:
             _use_cluster_token()
+        _check_reachable(address, where)
         try:
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR,
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, configure_logging=True)
         except (ConnectionError, ValueError, RuntimeError) as err:
-            where = f"--address {self.address}" if self.address else "a local Ray cluster"
             hint = ("; if the cluster uses token authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
                     "(or copy the head's ~/.ray/auth_token here)" if self.address else "")
             raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}{hint}") from None
@@ -173,6 +185,30 @@ class _ray_session:
     def __exit__(self, *exc) -> None:
         if self.started:
             ray.shutdown()
+
+
+def _check_reachable(address: str, where: str) -> None:
+    """Refuse at once when nothing listens where ``ray.init`` would connect: Ray retries an unreachable GCS
+    without end, printing a warning every few seconds."""
+    if address == "local" or address.startswith("ray://"):
+        return
+    try:  # the address as Ray resolves it: "auto" to the running cluster, 127.0.0.1 to this node's IP
+        from ray._private.services import canonicalize_bootstrap_address
+
+        resolved = canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        return  # "auto" with no cluster: ray.init says so itself
+    except Exception:  # another Ray's private API, or an address it cannot parse: ray.init will judge
+        resolved = address
+    if not resolved:
+        return
+    host, _, port = resolved.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=GCS_CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise SynthgenError(f"cannot reach {where}: nothing answers at {resolved} ({reason}); is the cluster's "
+                            "head running (`ray start --head`, `ray up`)?") from None
 
 
 def _use_cluster_token() -> None:
@@ -187,7 +223,14 @@ def _use_cluster_token() -> None:
             maybe_enable_token_auth_if_token_available)
     except ImportError:  # a Ray without token authentication
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    # it logs a warning that authentication is on, on every run: nothing for the user to act on
+    log = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
 
 
 def _generate(config: RunConfig, pool: ActorPool, manifest: mf.Manifest, loc: storage.Location,
