@@ -379,13 +379,18 @@ def fake_cluster(monkeypatch):
 
     from synthgen.engine import placement
 
-    state = {"gpus": [0], "requests": []}
+    state = {"gpus": [0], "cpus": [16], "requests": []}
 
     def cluster_resources():
         gpus = state["gpus"].pop(0) if len(state["gpus"]) > 1 else state["gpus"][0]
-        return {"CPU": 16.0, "GPU": float(gpus)}
+        cpus = state["cpus"].pop(0) if len(state["cpus"]) > 1 else state["cpus"][0]
+        return {"CPU": float(cpus), "GPU": float(gpus)}
+
+    def nodes():
+        return [{"NodeID": "n0", "Alive": True, "Resources": {"CPU": float(state["cpus"][0])}}]
 
     monkeypatch.setattr(placement.ray, "cluster_resources", cluster_resources)
+    monkeypatch.setattr(placement.ray, "nodes", nodes)
     monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda bundles: state["requests"].append(bundles))
     return state
 
@@ -408,6 +413,22 @@ def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypat
     with pytest.raises(SynthgenError, match=brought_two):
         placement.actor_shapes(RunConfig(count=10, gpus=8))
     assert fake_cluster["requests"] == [[{"GPU": 1}] * 8, []]
+
+
+def test_workers_beyond_the_cpus_wait_for_an_autoscaler_or_fail_fast(fake_cluster, monkeypatch, capsys):
+    from synthgen.engine import placement
+
+    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: True)
+    fake_cluster["cpus"] = [2, 2, 8]  # an 8-CPU node arrives
+    shapes = placement.actor_shapes(RunConfig(count=10, gpus=0, workers=4))
+    assert [(s.options["num_cpus"], s.lanes) for s in shapes] == [(2, 2)] * 4
+    assert fake_cluster["requests"] == [[{"CPU": 1}] * 4, []]
+    assert "--workers 4: 8 CPU(s) after" in capsys.readouterr().err
+    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: False)
+    fake_cluster.update(cpus=[2], requests=[])
+    with pytest.raises(SynthgenError, match=r"--workers 3: the cluster has 0 GPU\(s\) and 2 CPU\(s\)"):
+        placement.actor_shapes(RunConfig(count=10, gpus=0, workers=3))
+    assert fake_cluster["requests"] == []
 
 
 def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
