@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def dataset(tmp_path_factory, tiny_checkpoint, ray_local) -> Path:
     assert result.exit_code == 0, result.output
     assert "done: 300 images" in result.output
     return out
+
+
+def test_a_finished_dataset_run_again_has_nothing_to_do(dataset, tiny_checkpoint):
+    again = invoke(*run_args(tiny_checkpoint, dataset, "--labels", "malignant=0.25,normal=0.75"))
+    assert again.exit_code == 0
+    assert re.fullmatch(rf"nothing to do: {re.escape(str(dataset))} already holds all 300 images \(\S+ \S+\)\n",
+                        again.output)
 
 
 def test_run_verify_show(dataset):

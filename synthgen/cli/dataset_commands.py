@@ -73,6 +73,9 @@ def run(
             raise typer.Exit(130) from None
     from synthgen.storage import human_bytes
 
+    if not summary.generated:
+        typer.echo(f"nothing to do: {out} already holds all {summary.total} images ({human_bytes(summary.bytes)})")
+        return
     if summary.actors:
         typer.echo(summary.describe_actors())
     made = f"{summary.generated} new" if summary.generated != summary.total else f"{summary.generated}"
