@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) on a running `synthgen run`: a prompt exit, committed shards kept, and a clean resume."""
+"""Ctrl-C (SIGINT) or SIGTERM on a running `synthgen run`: a prompt exit, committed shards kept, a clean resume."""
 
 import json
 import signal
@@ -13,7 +13,8 @@ from synthgen.verify import verify_dataset
 
 
 @pytest.mark.slow
-def test_sigint_stops_quickly_and_the_rerun_completes(tmp_path, tiny_checkpoint, ray_head):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_stops_quickly_and_the_rerun_completes(stop, tmp_path, tiny_checkpoint, ray_head):
     out = tmp_path / "ds"
     args = [sys.executable, "-m", "synthgen", "run", "--count", "30000", "--shard-size", "100", "--batch-size",
             "64", "--model", tiny_checkpoint, "--out", str(out), "--address", ray_head, "--gpus", "0",
@@ -30,10 +31,11 @@ def test_sigint_stops_quickly_and_the_rerun_completes(tmp_path, tiny_checkpoint,
         time.sleep(0.05)
     assert driver.poll() is None, f"the run ended before it could be interrupted: {driver.communicate()}"
     started = time.time()
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(stop)
     _, err = driver.communicate(timeout=60)
-    assert driver.returncode == 130 and time.time() - started < 30
+    assert driver.returncode == 128 + stop and time.time() - started < 30
     assert "run the same command again to resume" in err and "Traceback" not in err
+    assert "SIGTERM received" not in err  # Ray's crash handler's stack dump
     kept = json.loads((out / "manifest.json").read_text())["shards"]
     assert 0 < len(kept) < 300
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)

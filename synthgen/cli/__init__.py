@@ -26,6 +26,6 @@ def main() -> None:
     except SynthgenError as err:  # a library error a command forgot to wrap: still one line
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(stop, "signum", 2))  # 130 for Ctrl-C (SIGINT), 143 for SIGTERM

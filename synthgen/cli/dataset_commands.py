@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -67,10 +68,10 @@ def run(
     with user_errors():
         try:
             summary = run_job(config)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             typer.echo(f"interrupted; committed shards are kept in {out}: run the same command again to resume",
                        err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
     from synthgen.storage import human_bytes
 
     if not summary.generated:

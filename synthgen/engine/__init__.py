@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,7 +27,7 @@ from synthgen.capacity import SpaceCheck
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.engine.placement import split_lanes  # noqa: F401 (part of the engine's interface)
 from synthgen.engine.pool import ActorPool
-from synthgen.errors import SynthgenError
+from synthgen.errors import Stopped, SynthgenError
 from synthgen.imaging import png_encoder_name, png_settings
 from synthgen.output import output_lock, plan_output, write_output
 from synthgen.plan import INFERENCE_FORM, parse_label_plan, plan_shards
@@ -181,10 +183,28 @@ class _ray_session:
                     "(or copy the head's ~/.ray/auth_token here)" if self.address else "")
             raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}{hint}") from None
         self.started = True
+        self.sigterm = _stop_on_sigterm()
 
     def __exit__(self, *exc) -> None:
         if self.started:
+            if self.sigterm is not None:
+                signal.signal(signal.SIGTERM, self.sigterm)
             ray.shutdown()
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM a stop request like Ctrl-C; returns the handler it replaces (None off the main thread).
+
+    ``ray.init`` leaves SIGTERM to its own handler, which exits on the spot, after Ray's crash handler has
+    printed a stack dump: the run then neither says how to resume nor saves shards committed in the last second.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _check_reachable(address: str, where: str) -> None:
