@@ -184,6 +184,22 @@ def test_declared_gpus_get_one_actor_each_and_too_many_fail_fast(tmp_path, tiny_
     assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow
+def test_weights_that_do_not_fit_their_config_are_one_line_from_the_actor(tmp_path, tiny_checkpoint, ray_head):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    config = json.loads((model / "config.json").read_text())
+    config["image_shape"] = [3, 28, 28]  # the driver reads only the config; the actors find the mismatch
+    (model / "config.json").write_text(json.dumps(config))
+    refused = cli("run", "--count", "10", "--model", str(model), "--out", str(tmp_path / "never"),
+                  "--address", ray_head, "--gpus", "0", "--no-progress", timeout=120)
+    assert refused.returncode == 1
+    assert refused.stderr == (f"error: an actor could not load the model: {model / 'model.safetensors'}: model "
+                              "makes images of shape [1, 28, 28], config.json says [3, 28, 28]\n")
+    assert "Traceback" not in refused.stdout  # no retries, so no retry reports from Ray
+    assert not (tmp_path / "never").exists()
+
+
 def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, tiny_checkpoint):
     from conftest import _free_ports
 

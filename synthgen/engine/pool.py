@@ -41,6 +41,9 @@ class _RayShardGenerator:
     def ping(self) -> str:
         return self.generator.device
 
+    # a probe, not work: an actor whose model does not load will not load it on a retry either, and each retry
+    # would print Ray's traceback of the failure to the user's terminal
+    @ray.method(max_task_retries=0)
     def placement(self) -> tuple[str, list[int]]:
         """The torch device this actor uses and the GPU ids Ray gave it."""
         return self.generator.device, sorted(int(i) for i in ray.get_gpu_ids())
@@ -133,6 +136,8 @@ class ActorPool:
 
 
 def _cause(err: Exception) -> str:
+    """The last line of what went wrong in an actor; our own errors without their class name."""
     cause = getattr(err, "cause", None) or err
     text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__
+    line = text[-1] if text else type(cause).__name__
+    return line.removeprefix(f"{SynthgenError.__module__}.{SynthgenError.__name__}: ")
