@@ -213,20 +213,26 @@ def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, tiny_che
 
 
 @pytest.mark.slow
-def test_without_an_address_a_dead_clusters_leftover_file_is_ignored(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("last_cluster", ["dead", "alive"])
+def test_without_an_address_the_last_ray_start_cluster_is_joined_only_if_it_answers(last_cluster, tmp_path,
+                                                                                   tiny_checkpoint, ray_head):
     from conftest import _free_ports
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="sg", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     try:
         (ray_tmp / "ray").mkdir()
-        # what a `ray start` cluster that was killed leaves behind; a bare ray.init() would wait for it forever
-        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_ports(1)[0]}")
+        # the file `ray start` leaves for a bare ray.init(): it outlives a cluster that was killed, and Ray
+        # would wait for that one without end
+        address = ray_head if last_cluster == "alive" else f"127.0.0.1:{_free_ports(1)[0]}"
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(address)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        done = subprocess.run([sys.executable, "-m", "synthgen", "run", "--count", "100", "--model",
-                               tiny_checkpoint, "--out", str(tmp_path / "ds"), "--no-progress"],
+        done = subprocess.run([sys.executable, "-m", "synthgen", "run", "--count", "200", "--shard-size", "100",
+                               "--model", tiny_checkpoint, "--out", str(tmp_path / "ds"), "--no-progress"],
                               capture_output=True, text=True, timeout=300, env={**env, "RAY_TMPDIR": str(ray_tmp)})
         assert done.returncode == 0, done.stderr
         assert verify_dataset(str(tmp_path / "ds")).ok
+        joined = "holding GPUs" in done.stdout  # only ray_head declares GPUs; this machine has none
+        assert joined == (last_cluster == "alive"), done.stdout
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 

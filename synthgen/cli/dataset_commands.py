@@ -37,9 +37,10 @@ def run(
                                                         "(default: one per node, or one per 8 CPUs).")] = None,
     actors_per_gpu: Annotated[int, typer.Option(help="Actors sharing each GPU.")] = 1,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: http(s)://HEAD:8265 submits a Ray job "
-                                                        "(see `synthgen jobs`); host:port, ray://... or auto (the "
-                                                        "`ray start` cluster here) joins it from here; default: "
-                                                        "RAY_ADDRESS, else a new local one.")
+                                                        "(see `synthgen jobs`); host:port or ray://... joins it "
+                                                        "from here; local: a new local cluster; default: "
+                                                        "RAY_ADDRESS, else the `ray start` cluster here if it "
+                                                        "answers, else a new local one.")
                        ] = None,
     detach: Annotated[bool, typer.Option(help="With an http(s):// address: print the job id and return at once "
                                               "instead of following the job.")] = False,

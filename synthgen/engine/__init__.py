@@ -1,5 +1,6 @@
 """The engine, the only package that imports ray to generate: the run, progress and resume here; the actor pool
-and its retries in :mod:`synthgen.engine.pool`, actor placement in :mod:`synthgen.engine.placement`.
+and its retries in :mod:`synthgen.engine.pool`, actor placement in :mod:`synthgen.engine.placement`, which
+cluster a run joins or starts in :mod:`synthgen.engine.session`.
 
 The driver plans shards, hands them to a pool of :class:`synthgen.worker.ShardGenerator` actors (two in
 flight per actor, so a slow actor simply takes fewer), and records each committed shard in the manifest.
@@ -10,15 +11,10 @@ shard's bytes depend only on its indices, a retried or resumed shard is identica
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
-import ray
 from tqdm import tqdm
 
 from synthgen import manifest as mf
@@ -27,7 +23,8 @@ from synthgen.capacity import SpaceCheck
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.engine.placement import split_lanes  # noqa: F401 (part of the engine's interface)
 from synthgen.engine.pool import ActorPool
-from synthgen.errors import Stopped, SynthgenError
+from synthgen.engine.session import ray_session
+from synthgen.errors import SynthgenError
 from synthgen.imaging import png_encoder_name, png_settings
 from synthgen.output import output_lock, plan_output, write_output
 from synthgen.plan import INFERENCE_FORM, parse_label_plan, plan_shards
@@ -36,7 +33,6 @@ from synthgen.worker_config import WorkerConfig
 from synthgen.writers import PARQUET_COMPRESSION, RAW_LAYOUT, Layout, write_png_metadata
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
-GCS_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -111,7 +107,7 @@ def run(config: RunConfig) -> RunSummary:
             worker = WorkerConfig(model_source, fresh.model["fingerprint"], config.out, layout, config.seed,
                                   fresh.job["labels"], config.batch_size, config.precision,
                                   allow_import=config.allow_import)
-            with _ray_session(config.address):
+            with ray_session(config.address):
                 pool = ActorPool(config, worker)  # the cluster takes the job, or refuses it, before any write
                 try:
                     write_output(loc, manifest, replace)
@@ -151,106 +147,6 @@ def model_reference(model: str | None) -> str:
     if ref in bundled_models() or storage.is_uri(ref):
         return ref
     return os.path.abspath(ref)
-
-
-class _ray_session:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), reuse this process's Ray, or start a local cluster
-    (and stop it).
-
-    Without an address this starts its own cluster, where a bare ``ray.init()`` would join the cluster named
-    by ``/tmp/ray/ray_current_cluster``. That file outlives a ``ray start`` cluster that was killed, and Ray
-    then waits for the dead cluster without end. ``--address auto`` joins the cluster ``ray start`` runs here.
-    """
-
-    def __init__(self, address: str | None):
-        self.address, self.started = address, False
-
-    def __enter__(self) -> None:
-        if ray.is_initialized():
-            return
-        env = os.environ.get("RAY_ADDRESS")
-        address = self.address or env or "local"
-        where = (f"--address {self.address}" if self.address else f"RAY_ADDRESS={env}" if env
-                 else "a local Ray cluster")
-        if self.address:
-            _use_cluster_token()
-        _check_reachable(address, where)
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=False, configure_logging=True)
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            hint = ("; if the cluster uses token authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
-                    "(or copy the head's ~/.ray/auth_token here)" if self.address else "")
-            raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}{hint}") from None
-        self.started = True
-        self.sigterm = _stop_on_sigterm()
-
-    def __exit__(self, *exc) -> None:
-        if self.started:
-            if self.sigterm is not None:
-                signal.signal(signal.SIGTERM, self.sigterm)
-            ray.shutdown()
-
-
-def _stop_on_sigterm():
-    """Make SIGTERM a stop request like Ctrl-C; returns the handler it replaces (None off the main thread).
-
-    ``ray.init`` leaves SIGTERM to its own handler, which exits on the spot, after Ray's crash handler has
-    printed a stack dump: the run then neither says how to resume nor saves shards committed in the last second.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def stop(signum, frame):
-        raise Stopped(signum)
-
-    return signal.signal(signal.SIGTERM, stop)
-
-
-def _check_reachable(address: str, where: str) -> None:
-    """Refuse at once when nothing listens where ``ray.init`` would connect: Ray retries an unreachable GCS
-    without end, printing a warning every few seconds."""
-    if address == "local" or address.startswith("ray://"):
-        return
-    try:  # the address as Ray resolves it: "auto" to the running cluster, 127.0.0.1 to this node's IP
-        from ray._private.services import canonicalize_bootstrap_address
-
-        resolved = canonicalize_bootstrap_address(address)
-    except ConnectionError:
-        return  # "auto" with no cluster: ray.init says so itself
-    except Exception:  # another Ray's private API, or an address it cannot parse: ray.init will judge
-        resolved = address
-    if not resolved:
-        return
-    host, _, port = resolved.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=GCS_CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        raise SynthgenError(f"cannot reach {where}: nothing answers at {resolved} ({reason}); is the cluster's "
-                            "head running (`ray start --head`, `ray up`)?") from None
-
-
-def _use_cluster_token() -> None:
-    """Send the auth token when one is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
-
-    Ray 2.60's heads enable token authentication by default, but ``ray.init(address=HOST:PORT)`` only looks
-    for a token when the address is "auto"; this applies Ray's own lookup for explicit addresses too. A
-    RAY_AUTH_MODE the user set is respected, and authentication is never turned off.
-    """
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
-    except ImportError:  # a Ray without token authentication
-        return
-    # it logs a warning that authentication is on, on every run: nothing for the user to act on
-    log = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    finally:
-        log.setLevel(level)
 
 
 def _generate(config: RunConfig, pool: ActorPool, manifest: mf.Manifest, loc: storage.Location,

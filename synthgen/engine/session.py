@@ -1,0 +1,139 @@
+"""The engine's Ray session: which cluster a run joins or starts, refused at once when it is not there, and
+SIGTERM turned into a stop request for as long as the session lasts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+import ray
+
+from synthgen.errors import Stopped, SynthgenError
+
+GCS_CONNECT_TIMEOUT_S = 10.0
+
+
+class ray_session:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), reuse this process's Ray, or start a local cluster
+    (and stop it).
+
+    Without an address, a bare ``ray.init()`` joins the cluster that ``/tmp/ray/ray_current_cluster`` names
+    (the last ``ray start`` here). That file outlives a cluster that was killed, and Ray then waits for the dead
+    cluster without end; so that cluster is joined only when it answers, and otherwise a new local one starts.
+    ``--address local`` always starts a new one.
+    """
+
+    def __init__(self, address: str | None):
+        self.address, self.started = address, False
+
+    def __enter__(self) -> None:
+        if ray.is_initialized():
+            return
+        env = os.environ.get("RAY_ADDRESS")
+        if self.address or env:
+            address = self.address or env
+            where = f"--address {self.address}" if self.address else f"RAY_ADDRESS={env}"
+            _check_reachable(address, where)
+        else:
+            last = _last_started_cluster()
+            running = last if last and not _unreachable(last) else None
+            address = "auto" if running else "local"
+            where = f"the Ray cluster `ray start` runs here ({running})" if running else "a local Ray cluster"
+        if address != "local":
+            _use_cluster_token()
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False, configure_logging=True)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+                    "(or copy the head's ~/.ray/auth_token here)" if address != "local" else "")
+            raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}{hint}") from None
+        self.started = True
+        self.sigterm = _stop_on_sigterm()
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            if self.sigterm is not None:
+                signal.signal(signal.SIGTERM, self.sigterm)
+            ray.shutdown()
+
+
+def _last_started_cluster() -> str | None:
+    """The address in ``ray_current_cluster`` (RAY_ADDRESS is unset here), as Ray would resolve it."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None)
+    except Exception:  # another Ray's private API, or an unreadable file: as if there were none
+        return None
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing accepts a connection at ``address`` (host:port), or None when something does."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=GCS_CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as err:
+        return getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return None
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM a stop request like Ctrl-C; returns the handler it replaces (None off the main thread).
+
+    ``ray.init`` leaves SIGTERM to its own handler, which exits on the spot, after Ray's crash handler has
+    printed a stack dump: the run then neither says how to resume nor saves shards committed in the last second.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _check_reachable(address: str, where: str) -> None:
+    """Refuse at once when nothing listens where ``ray.init`` would connect: Ray retries an unreachable GCS
+    without end, printing a warning every few seconds."""
+    if address == "local" or address.startswith("ray://"):
+        return
+    try:  # the address as Ray resolves it: "auto" to the running cluster, 127.0.0.1 to this node's IP
+        from ray._private.services import canonicalize_bootstrap_address
+
+        resolved = canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        return  # "auto" with no cluster: ray.init says so itself
+    except Exception:  # another Ray's private API, or an address it cannot parse: ray.init will judge
+        resolved = address
+    if not resolved:
+        return
+    reason = _unreachable(resolved)
+    if reason:
+        raise SynthgenError(f"cannot reach {where}: nothing answers at {resolved} ({reason}); is the cluster's "
+                            "head running (`ray start --head`, `ray up`)?") from None
+
+
+def _use_cluster_token() -> None:
+    """Send the auth token when one is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
+
+    Ray 2.60's heads enable token authentication by default, but ``ray.init(address=HOST:PORT)`` only looks
+    for a token when the address is "auto"; this applies Ray's own lookup for explicit addresses too. A
+    RAY_AUTH_MODE the user set is respected, and authentication is never turned off.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # a Ray without token authentication
+        return
+    # it logs a warning that authentication is on, on every run: nothing for the user to act on
+    log = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
