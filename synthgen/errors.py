@@ -1,4 +1,8 @@
-"""The one error type the CLI turns into a one-line message instead of a traceback."""
+"""The one error type the CLI turns into a one-line message instead of a traceback, and the stop request
+a signal becomes."""
+
+import signal
+import threading
 
 
 class SynthgenError(ValueError):
@@ -15,3 +19,19 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def stop_on_sigterm():
+    """From now on SIGTERM raises :class:`Stopped` in the main thread, as Ctrl-C raises KeyboardInterrupt.
+
+    Returns:
+        The handler it replaced, for ``signal.signal(signal.SIGTERM, ...)`` to restore; None off the main
+        thread, where Python cannot set handlers (nothing is changed then).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    return signal.signal(signal.SIGTERM, stop)

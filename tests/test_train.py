@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +124,24 @@ def test_resize_and_unconditional(breast_small: str, tmp_path: Path) -> None:
     assert config.image_shape == [1, 32, 32] and config.class_names == []
     meta = json.loads((out / "training_state.json").read_text())
     assert meta["epoch"] == 1 and len(meta["history"]) == 1
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    args = [sys.executable, "-m", "synthgen", "train", "--data", breast_npz, "--out", str(out), "--epochs", "40",
+            "--width", "16", "--quiet"]
+    trainer = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and trainer.poll() is None and not (out / "training_state.json").exists():
+        time.sleep(0.05)
+    assert trainer.poll() is None, f"training ended before it could be stopped: {trainer.communicate()}"
+    trainer.send_signal(stop)
+    _, err = trainer.communicate(timeout=60)
+    assert trainer.returncode == 128 + stop
+    assert err.strip().splitlines()[-1] == (f"interrupted; {out} keeps the last finished epoch, if one finished: "
+                                            "run the same command with --resume to continue")
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_config(str(out)).training["epochs"] == 40

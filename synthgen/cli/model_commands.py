@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Annotated, Optional
 
 import numpy as np
 import typer
 
 from synthgen.cli.common import app, fail, user_errors
+from synthgen.errors import stop_on_sigterm
 
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
 
@@ -49,8 +51,17 @@ def train(
                          device=device, image_size=image_size, latent_dim=latent_dim, width=width,
                          class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
                          split=split)
-    with user_errors():
-        result = run_training(config, progress=not quiet)
+    previous = stop_on_sigterm()
+    try:
+        with user_errors():
+            result = run_training(config, progress=not quiet)
+    except KeyboardInterrupt as stop:
+        typer.echo(f"interrupted; {out} keeps the last finished epoch, if one finished: run the same command "
+                   "with --resume to continue", err=True)
+        raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     final = ", ".join(f"{k} {v:.4g}" for k, v in result.losses[-1].items()) if result.losses else "none"
     epochs = f"{len(result.losses)} epoch{'s' if len(result.losses) != 1 else ''}"
     typer.echo(f"saved {result.out} (fingerprint {result.fingerprint[:12]}, {epochs}, "

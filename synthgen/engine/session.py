@@ -7,11 +7,10 @@ import logging
 import os
 import signal
 import socket
-import threading
 
 import ray
 
-from synthgen.errors import Stopped, SynthgenError
+from synthgen.errors import SynthgenError, stop_on_sigterm
 
 GCS_CONNECT_TIMEOUT_S = 10.0
 
@@ -52,7 +51,9 @@ class ray_session:
                     "(or copy the head's ~/.ray/auth_token here)" if address != "local" else "")
             raise SynthgenError(f"cannot start or reach {where}: {str(err).splitlines()[0]}{hint}") from None
         self.started = True
-        self.sigterm = _stop_on_sigterm()
+        # ray.init put its own handler on SIGTERM: it exits on the spot, after Ray's crash handler printed a
+        # stack dump, so the run would neither save its last shards in the manifest nor say how to resume
+        self.sigterm = stop_on_sigterm()
 
     def __exit__(self, *exc) -> None:
         if self.started:
@@ -79,21 +80,6 @@ def _unreachable(address: str) -> str | None:
     except (OSError, ValueError) as err:
         return getattr(err, "strerror", None) or str(err) or type(err).__name__
     return None
-
-
-def _stop_on_sigterm():
-    """Make SIGTERM a stop request like Ctrl-C; returns the handler it replaces (None off the main thread).
-
-    ``ray.init`` leaves SIGTERM to its own handler, which exits on the spot, after Ray's crash handler has
-    printed a stack dump: the run then neither says how to resume nor saves shards committed in the last second.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def stop(signum, frame):
-        raise Stopped(signum)
-
-    return signal.signal(signal.SIGTERM, stop)
 
 
 def _check_reachable(address: str, where: str) -> None:
