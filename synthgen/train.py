@@ -67,8 +67,8 @@ class TrainConfig:
             raise SynthgenError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.epochs < 1:
             raise SynthgenError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise SynthgenError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 2:  # BatchNorm layers cannot train on one image at a time
+            raise SynthgenError(f"--batch-size must be at least 2, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise SynthgenError(f"--lr must be positive, got {self.lr}")
         if self.image_size is not None and self.image_size not in SUPPORTED_SIZES:
@@ -112,6 +112,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     data = load_images(config.data, config.split)
     device = resolve_device(config.device)
     images, class_names = prepare_images(data, config)
+    if len(images) < 2:
+        raise SynthgenError(f"{config.data}: {len(images)} image(s) in split {config.split!r}; training needs "
+                            "at least 2")
     meta = _checkpoint_config(config, data, images.shape[1:], class_names)
     if config.resume:
         meta = _resumed_config(config, meta)

@@ -106,8 +106,16 @@ def test_resume_refuses_other_arch_or_data(breast_small: str, breast_npz: str, t
         train(_config(breast_small, tmp_path / "fresh", epochs=1, resume=True), progress=False)
 
 
+def test_one_image_is_too_few_to_train_on(breast_small: str, tmp_path: Path) -> None:
+    with np.load(breast_small) as d:
+        np.savez(tmp_path / "one.npz", train_images=d["train_images"][:1], train_labels=d["train_labels"][:1])
+    with pytest.raises(SynthgenError, match=r"one\.npz: 1 image\(s\) in split 'train'; training needs at least 2"):
+        train(_config(str(tmp_path / "one.npz"), tmp_path / "x", epochs=1), progress=False)
+
+
 @pytest.mark.parametrize("changes, flag", [
     ({"epochs": 0}, "--epochs"), ({"epochs": -3}, "--epochs"), ({"batch_size": 0}, "--batch-size"),
+    ({"batch_size": 1}, "--batch-size must be at least 2"),
     ({"arch": "gan"}, "--arch"), ({"image_size": 30}, "--image-size"), ({"lr": 0.0}, "--lr"),
     ({"class_names": ["only-one"]}, "--class-names"), ({"width": 2}, "--width"),
 ])
