@@ -35,7 +35,7 @@ def output_lock(loc: storage.Location) -> Iterator[None]:
     one from another host names the file to delete. Object stores have no exclusive create: unlocked.
     """
     if not loc.is_local or (os.path.exists(loc.root) and not os.path.isdir(loc.root)):
-        yield  # prepare_output reports a path that is a file
+        yield  # plan_output reports a path that is a file
         return
     path = os.path.join(loc.root, LOCK_FILE)
     made_root = not os.path.exists(loc.root)
