@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from synthgen import checkpoint as ckpt
 from synthgen import storage
-from synthgen.errors import SynthgenError
+from synthgen.errors import SynthgenError, stops_held
 from synthgen.imaging import image_grid, save_png
 from synthgen.models import DCGANConfig, VAEConfig, config_to_dict
 from synthgen.models.dcgan import SUPPORTED_SIZES
@@ -270,10 +270,11 @@ def _save_epoch(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Train
     """Checkpoint, training state and sample grid after an epoch; returns the fingerprint."""
     meta.training.update(epochs=len(history), final_losses=history[-1])
     trainer.before_save()
-    fingerprint = ckpt.save_checkpoint(config.out, trainer.generator, meta)
-    tensors, state_meta = trainer.state()
-    state_meta.update(epoch=len(history), history=history)
-    ckpt.save_training_state(config.out, tensors, state_meta)
+    with stops_held():  # a stop between the two would leave them an epoch apart, and --resume refusing
+        fingerprint = ckpt.save_checkpoint(config.out, trainer.generator, meta)
+        tensors, state_meta = trainer.state()
+        state_meta.update(epoch=len(history), history=history)
+        ckpt.save_training_state(config.out, tensors, state_meta)
     _save_samples(config, meta, trainer, len(history))
     return fingerprint
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from synthgen.checkpoint import load_checkpoint, load_training_state, read_config
-from synthgen.errors import SynthgenError
+from synthgen.errors import Stopped, SynthgenError, restore_handlers, stop_on_signals, stops_held
 from synthgen.train import TrainConfig, train
 
 SMALL = {"width": 32, "latent_dim": 16, "batch_size": 32, "device": "cpu"}
@@ -153,3 +154,27 @@ def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert read_config(str(out)).training["epochs"] == 40
+
+
+def test_a_stop_while_an_epoch_is_saved_waits_for_the_save() -> None:
+    previous = stop_on_signals((signal.SIGTERM,))
+    try:
+        saved = []
+        with pytest.raises(Stopped) as stop:
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs here: held, not raised
+                saved.append("checkpoint and training state")
+        assert saved and stop.value.signum == signal.SIGTERM
+        with pytest.raises(OSError, match="disk full"):  # an error in the block goes out as it is
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                raise OSError("disk full")
+        with stops_held():
+            pass  # and the stop held during it is not raised by a later block
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # outside a held block a stop is raised at once
+    finally:
+        restore_handlers(previous)

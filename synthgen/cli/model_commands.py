@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from synthgen.cli.common import app, fail, user_errors
-from synthgen.errors import stop_on_sigterm
+from synthgen.errors import restore_handlers, stop_on_signals
 
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
 
@@ -51,7 +51,7 @@ def train(
                          device=device, image_size=image_size, latent_dim=latent_dim, width=width,
                          class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
                          split=split)
-    previous = stop_on_sigterm()
+    previous = stop_on_signals((signal.SIGINT, signal.SIGTERM))  # held while an epoch is being saved
     try:
         with user_errors():
             result = run_training(config, progress=not quiet)
@@ -60,8 +60,7 @@ def train(
                    "with --resume to continue", err=True)
         raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_handlers(previous)
     final = ", ".join(f"{k} {v:.4g}" for k, v in result.losses[-1].items()) if result.losses else "none"
     epochs = f"{len(result.losses)} epoch{'s' if len(result.losses) != 1 else ''}"
     typer.echo(f"saved {result.out} (fingerprint {result.fingerprint[:12]}, {epochs}, "

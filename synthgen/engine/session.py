@@ -10,7 +10,7 @@ import socket
 
 import ray
 
-from synthgen.errors import SynthgenError, stop_on_sigterm
+from synthgen.errors import SynthgenError, restore_handlers, stop_on_signals
 
 GCS_CONNECT_TIMEOUT_S = 10.0
 
@@ -53,12 +53,11 @@ class ray_session:
         self.started = True
         # ray.init put its own handler on SIGTERM: it exits on the spot, after Ray's crash handler printed a
         # stack dump, so the run would neither save its last shards in the manifest nor say how to resume
-        self.sigterm = stop_on_sigterm()
+        self.handlers = stop_on_signals((signal.SIGTERM,))
 
     def __exit__(self, *exc) -> None:
         if self.started:
-            if self.sigterm is not None:
-                signal.signal(signal.SIGTERM, self.sigterm)
+            restore_handlers(self.handlers)
             ray.shutdown()
 
 
