@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synthgen import __version__
-from synthgen.errors import SynthgenError
+from synthgen.errors import SynthgenError, stop_on_signals
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthgen.engine import RunConfig
@@ -51,7 +51,7 @@ def run_job_file(path: str) -> int:
     """
     from synthgen.engine import run
 
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `jobs stop`: save the manifest, stop actors
+    stop_on_signals((signal.SIGTERM,))  # `jobs stop`, before the engine's session takes over: save, stop actors
     try:
         config = load_job_file(path)
         print(f"synthgen {__version__}: {config.count} images -> {config.out} "
@@ -73,10 +73,6 @@ def run_job_file(path: str) -> int:
           f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {config.out}",
           flush=True)
     return 0
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def entrypoint_main(argv: list[str] | None = None) -> int:

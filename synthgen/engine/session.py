@@ -37,7 +37,7 @@ class ray_session:
             where = f"--address {self.address}" if self.address else f"RAY_ADDRESS={env}"
             _check_reachable(address, where)
         else:
-            last = _last_started_cluster()
+            last = _resolved(None)  # RAY_ADDRESS is unset here: the file of the last `ray start`
             running = last if last and not _unreachable(last) else None
             address = "auto" if running else "local"
             where = f"the Ray cluster `ray start` runs here ({running})" if running else "a local Ray cluster"
@@ -61,14 +61,18 @@ class ray_session:
             ray.shutdown()
 
 
-def _last_started_cluster() -> str | None:
-    """The address in ``ray_current_cluster`` (RAY_ADDRESS is unset here), as Ray would resolve it."""
+def _resolved(address: str | None) -> str | None:
+    """``address`` as ``ray.init`` would resolve it: "auto" or None to the last ``ray start`` cluster's
+    address (None when there is none), 127.0.0.1 to this node's IP. Unchanged when Ray cannot parse it (or
+    its private API moved): ``ray.init`` then judges it itself."""
     try:
         from ray._private.services import canonicalize_bootstrap_address
 
-        return canonicalize_bootstrap_address(None)
-    except Exception:  # another Ray's private API, or an unreadable file: as if there were none
+        return canonicalize_bootstrap_address(address)
+    except ConnectionError:
         return None
+    except Exception:
+        return address
 
 
 def _unreachable(address: str) -> str | None:
@@ -86,16 +90,9 @@ def _check_reachable(address: str, where: str) -> None:
     without end, printing a warning every few seconds."""
     if address == "local" or address.startswith("ray://"):
         return
-    try:  # the address as Ray resolves it: "auto" to the running cluster, 127.0.0.1 to this node's IP
-        from ray._private.services import canonicalize_bootstrap_address
-
-        resolved = canonicalize_bootstrap_address(address)
-    except ConnectionError:
-        return  # "auto" with no cluster: ray.init says so itself
-    except Exception:  # another Ray's private API, or an address it cannot parse: ray.init will judge
-        resolved = address
+    resolved = _resolved(address)
     if not resolved:
-        return
+        return  # "auto" with no cluster: ray.init says so itself
     reason = _unreachable(resolved)
     if reason:
         raise SynthgenError(f"cannot reach {where}: nothing answers at {resolved} ({reason}); is the cluster's "
