@@ -15,7 +15,8 @@ import pytest
 
 from synthgen.checkpoint import load_checkpoint, load_training_state, read_config
 from synthgen.errors import Stopped, SynthgenError, restore_handlers, stop_on_signals, stops_held
-from synthgen.train import TrainConfig, train
+from synthgen import train as train_module
+from synthgen.train import TrainConfig, default_epochs, train
 
 SMALL = {"width": 32, "latent_dim": 16, "batch_size": 32, "device": "cpu"}
 
@@ -82,6 +83,28 @@ def test_resume_continues_exactly(breast_small: str, tmp_path: Path, arch: str) 
     state, _ = load_training_state(str(tmp_path / "run"))
     state_straight, _ = load_training_state(str(tmp_path / "straight"))
     assert all(bool((state[k] == state_straight[k]).all()) for k in state)
+
+
+@pytest.mark.parametrize("arch, images, batch, epochs", [
+    ("dcgan", 546, 16, 589),  # BreastMNIST: 34 steps an epoch, 20,026 steps (the bundled model ran 600 epochs)
+    ("dcgan", 128, 16, 1000),  # 8 steps an epoch would need 2,500 epochs: capped
+    ("dcgan", 100_000, 16, 4), ("dcgan", 10, 16, 1000), ("dcgan", 1_000_000, 64, 2), ("vae", 546, 64, 50),
+])
+def test_default_epochs_follow_a_step_budget(arch: str, images: int, batch: int, epochs: int) -> None:
+    assert default_epochs(arch, images, batch) == epochs
+
+
+def test_unset_epochs_and_batch_size_take_the_defaults(breast_small: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_module, "GAN_STEPS", 20)  # 128 images at batch 16: 8 steps an epoch -> 3 epochs
+    out = tmp_path / "defaults"
+    result = train(_config(breast_small, out, epochs=None, batch_size=None), progress=False)
+    assert len(result.losses) == 3
+    assert read_config(str(out)).training["batch_size"] == 16
+    # a resumed run keeps the batch size it was started with, not the default
+    train(_config(breast_small, tmp_path / "b32", epochs=1, batch_size=32), progress=False)
+    train(_config(breast_small, tmp_path / "b32", epochs=2, batch_size=None, resume=True), progress=False)
+    assert read_config(str(tmp_path / "b32")).training["batch_size"] == 32
 
 
 def test_refuses_existing_checkpoint_without_flag(breast_small: str, tmp_path: Path) -> None:

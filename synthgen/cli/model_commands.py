@@ -21,8 +21,11 @@ def train(
                                       "or folder of them, or a folder with one subfolder of PNG/JPEG per class.")],
     out: Annotated[str, typer.Option("--out", help="Checkpoint directory to write (path or URI).")],
     arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan or vae.")] = "dcgan",
-    epochs: Annotated[int, typer.Option("--epochs", help="Total epochs (with --resume: the new total).")] = 50,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per optimisation step.")] = 64,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Total epochs, with --resume the new total "
+                                                  "(default: dcgan enough for 20,000 optimiser steps, at most "
+                                                  "1,000 epochs; vae 50).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per optimisation step "
+                                                      "(default: dcgan 16, vae 64; with --resume: as saved).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate "
                                                 "(default: dcgan 2e-4, vae 1e-3).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, shuffling and noise.")] = 0,
@@ -32,7 +35,7 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option("--latent-dim", help="Noise size "
                                                       "(default: dcgan 100, vae 32).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Generator's first feature-map channels "
-                                                 "(default: dcgan 256, vae 128); sets the model's size.")] = None,
+                                                 "(default: 128); sets the model's size.")] = None,
     class_names: Annotated[Optional[str], typer.Option("--class-names", help="Comma-separated names for "
                                                        "labels 0, 1, ... (e.g. malignant,normal).")] = None,
     conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="Condition on "
