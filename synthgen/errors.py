@@ -23,6 +23,11 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+def exit_status(stop: KeyboardInterrupt) -> int:
+    """The shell's status for a stop: 128 + the signal, so 130 for Ctrl-C (SIGINT) and 143 for SIGTERM."""
+    return 128 + getattr(stop, "signum", signal.SIGINT)
+
+
 # Stops that arrive inside stops_held(), raised when it ends; only the main thread runs signal handlers.
 _held = {"depth": 0, "signum": None}
 

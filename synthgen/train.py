@@ -10,10 +10,9 @@ training state), with a sample grid ``samples/epoch-NNN.png`` per epoch for eyeb
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -139,10 +138,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if len(images) < 2:
         raise SynthgenError(f"{config.data}: {len(images)} image(s) in split {config.split!r}; training needs "
                             "at least 2")
-    config = _with_defaults(config, len(images))
+    saved = ckpt.read_config(config.out) if config.resume else None
+    config = _with_defaults(config, len(images), saved)
     meta = _checkpoint_config(config, data, images.shape[1:], class_names)
-    if config.resume:
-        meta = _resumed_config(config, meta)
+    if saved is not None:
+        meta = _resumed_config(config, meta, saved)
     trainer = _make_trainer(config, meta, device)
     history = _resume(config, meta, trainer) if config.resume else []
     labels = torch.from_numpy(data.labels) if meta.conditional else None
@@ -160,15 +160,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     return TrainResult(config.out, fingerprint, history, time.perf_counter() - started)
 
 
-def _with_defaults(config: TrainConfig, num_images: int) -> TrainConfig:
-    """The config with --batch-size and --epochs filled in; a resumed run keeps its saved batch size."""
+def _with_defaults(config: TrainConfig, num_images: int, saved: ckpt.CheckpointConfig | None) -> TrainConfig:
+    """The config with --batch-size and --epochs filled in; a resumed run keeps its ``saved`` batch size."""
     batch_size = config.batch_size
-    if batch_size is None and config.resume:
-        batch_size = ckpt.read_config(config.out).training.get("batch_size")
+    if batch_size is None and saved is not None:
+        batch_size = saved.training.get("batch_size")
     if batch_size is None:
         batch_size = config.setting("batch_size")
     epochs = config.epochs or default_epochs(config.arch, num_images, batch_size)
-    return dataclasses.replace(config, batch_size=batch_size, epochs=epochs)
+    return replace(config, batch_size=batch_size, epochs=epochs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -268,9 +268,9 @@ def _check_out(config: TrainConfig) -> None:
                 loc.fs.delete_file(path)
 
 
-def _resumed_config(config: TrainConfig, fresh: ckpt.CheckpointConfig) -> ckpt.CheckpointConfig:
-    """The saved config, after checking that the flags and data still describe the same run."""
-    saved = ckpt.read_config(config.out)
+def _resumed_config(config: TrainConfig, fresh: ckpt.CheckpointConfig,
+                    saved: ckpt.CheckpointConfig) -> ckpt.CheckpointConfig:
+    """The ``saved`` config, after checking that the flags and data still describe the same run."""
     problems = []
     if saved.arch != fresh.arch:
         problems.append(f"--arch is {fresh.arch} but the checkpoint is {saved.arch}")

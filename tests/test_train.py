@@ -162,7 +162,7 @@ def test_resize_and_unconditional(breast_small: str, tmp_path: Path) -> None:
 def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str, tmp_path: Path) -> None:
     out = tmp_path / "model"
     args = [sys.executable, "-m", "synthgen", "train", "--data", breast_npz, "--out", str(out), "--epochs", "40",
-            "--width", "16", "--quiet"]
+            "--width", "16", "--batch-size", "64", "--quiet"]
     trainer = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120

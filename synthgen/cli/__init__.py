@@ -14,7 +14,7 @@ from synthgen.cli import dataset_commands, model_commands  # noqa: F401  (regist
 from synthgen.cli import eval_commands  # noqa: F401  (registers eval and preview)
 from synthgen.cli import job_commands  # noqa: F401  (registers jobs list|status|logs|stop)
 from synthgen.cli.common import app
-from synthgen.errors import SynthgenError
+from synthgen.errors import SynthgenError, exit_status
 
 __all__ = ["app", "main"]
 
@@ -28,4 +28,4 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt as stop:
         typer.echo("interrupted", err=True)
-        sys.exit(128 + getattr(stop, "signum", 2))  # 130 for Ctrl-C (SIGINT), 143 for SIGTERM
+        sys.exit(exit_status(stop))

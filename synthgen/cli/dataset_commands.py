@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Annotated, Optional
 
 import typer
 
 from synthgen.cli.common import app, fail, user_errors
+from synthgen.errors import exit_status
 
 
 @app.command()
@@ -72,7 +72,7 @@ def run(
         except KeyboardInterrupt as stop:
             typer.echo(f"interrupted; committed shards are kept in {out}: run the same command again to resume",
                        err=True)
-            raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+            raise typer.Exit(exit_status(stop)) from None
     from synthgen.storage import human_bytes
 
     if not summary.generated:

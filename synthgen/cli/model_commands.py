@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from synthgen.cli.common import app, fail, user_errors
-from synthgen.errors import restore_handlers, stop_on_signals
+from synthgen.errors import exit_status, restore_handlers, stop_on_signals
 
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
 
@@ -61,7 +61,7 @@ def train(
     except KeyboardInterrupt as stop:
         typer.echo(f"interrupted; {out} keeps the last finished epoch, if one finished: run the same command "
                    "with --resume to continue", err=True)
-        raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+        raise typer.Exit(exit_status(stop)) from None
     finally:
         restore_handlers(previous)
     final = ", ".join(f"{k} {v:.4g}" for k, v in result.losses[-1].items()) if result.losses else "none"
