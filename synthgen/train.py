@@ -281,7 +281,9 @@ def _resumed_config(config: TrainConfig, fresh: ckpt.CheckpointConfig,
                         f"{fresh.image_shape} {fresh.class_names})")
     if problems:
         raise SynthgenError(f"{config.out}: cannot resume: {'; '.join(problems)}")
-    saved.training.update(lr=config.setting("lr"), batch_size=config.batch_size)
+    # without --lr the run goes on at the rate it was saved with, as it does without --batch-size
+    lr = config.lr if config.lr is not None else saved.training.get("lr", config.setting("lr"))
+    saved.training.update(lr=lr, batch_size=config.batch_size)
     return saved
 
 
@@ -292,7 +294,9 @@ def _resume(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer) 
         raise SynthgenError(f"{config.out}: checkpoint is at epoch {meta.training.get('epochs')} but its "
                             f"training state at {state_meta.get('epoch')}; cannot resume exactly")
     generator_state = ckpt.load_checkpoint(config.out).model.state_dict()
-    return trainer.load_state(tensors, state_meta, generator_state, config.out)
+    history = trainer.load_state(tensors, state_meta, generator_state, config.out)
+    trainer.set_lr(meta.training["lr"])  # the optimisers' saved state carries the old rate
+    return history
 
 
 def _make_trainer(config: TrainConfig, meta: ckpt.CheckpointConfig, device: torch.device) -> Trainer:

@@ -90,6 +90,12 @@ class Trainer:
         self.optimizers[name] = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS[self.arch])
         self.scalers[name] = torch.amp.GradScaler("cuda", enabled=self.amp)
 
+    def set_lr(self, lr: float) -> None:
+        """Train on at learning rate ``lr`` (every optimiser, every parameter group)."""
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything but the generator that an exact resume needs: tensors + JSON-able metadata."""
         tensors: dict[str, torch.Tensor] = {}

@@ -107,6 +107,21 @@ def test_unset_epochs_and_batch_size_take_the_defaults(breast_small: str, tmp_pa
     assert read_config(str(tmp_path / "b32")).training["batch_size"] == 32
 
 
+def test_resume_keeps_the_saved_learning_rate_or_takes_a_new_one(breast_small: str, tmp_path: Path) -> None:
+    out = tmp_path / "lr"
+
+    def rates() -> tuple[float, set[float]]:
+        state = json.loads((out / "training_state.json").read_text())
+        optimiser = {opt["param_groups"][0]["lr"] for opt in state["optimizers"].values()}
+        return read_config(str(out)).training["lr"], optimiser
+
+    train(_config(breast_small, out, epochs=1, lr=1e-3), progress=False)
+    train(_config(breast_small, out, epochs=2, resume=True), progress=False)
+    assert rates() == (1e-3, {1e-3})  # not the default 2e-4
+    train(_config(breast_small, out, epochs=3, lr=5e-5, resume=True), progress=False)
+    assert rates() == (5e-5, {5e-5})  # the optimisers' saved state no longer overrides --lr
+
+
 def test_refuses_existing_checkpoint_without_flag(breast_small: str, tmp_path: Path) -> None:
     out = tmp_path / "keep"
     train(_config(breast_small, out, arch="vae", epochs=1), progress=False)

@@ -27,7 +27,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per optimisation step "
                                                       "(default: dcgan 16, vae 64; with --resume: as saved).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate "
-                                                "(default: dcgan 2e-4, vae 1e-3).")] = None,
+                                                "(default: dcgan 2e-4, vae 1e-3; with --resume: as saved).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, shuffling and noise.")] = 0,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size "
