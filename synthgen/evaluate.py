@@ -10,7 +10,8 @@ small classifier on the real training split (its penultimate layer is the featur
 - TSTR: the classifier trained on synthetic only, on real only (TRTR) and on both, tested on real test data;
 - FID / KID on Inception-v3 features, only when its weights are on local disk.
 
-Everything is seeded: the same command on the same machine gives the same report.
+Everything is seeded and runs on a fixed number of torch threads (``--threads``): the same command gives the
+same report on any machine with the same torch build and CPU family, whatever its core count.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from synthgen import features as fx
-from synthgen import metrics, storage
-from synthgen.data import SyntheticImageDataset
+from synthgen import metrics
 from synthgen.errors import SynthgenError
+from synthgen.eval_data import EvalData, load_eval_data
 from synthgen.figures import draw_memorization, draw_report
-from synthgen.readers import ImageSet, load_images
 
 COPY_RATIO = 1 / 3  # near-copy: nearest training image < 1/3 the distance of the second nearest
-HOLDOUT = 0.2  # share of --real held out as test data when it has no test split
 WORST_PAIRS = 16
 CLOSE_RMSE = 0.02  # pixel RMSE (0-1 scale) under which two images look the same: about 5 of 255 grey levels
 MAX_LISTED = 1000  # flagged indices listed in the report
@@ -49,6 +48,7 @@ class EvalConfig:
     classifier_steps: int = 600
     inception_weights: str | None = None
     copy_ratio: float = COPY_RATIO
+    threads: int = fx.EVAL_THREADS
 
     def check(self) -> None:
         if self.max_images < 10:
@@ -57,6 +57,8 @@ class EvalConfig:
             raise SynthgenError(f"--k must be at least 1, got {self.k}")
         if self.classifier_steps < 1:
             raise SynthgenError(f"--classifier-steps must be at least 1, got {self.classifier_steps}")
+        if self.threads < 1:
+            raise SynthgenError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.seed < 2**63:
             raise SynthgenError(f"--seed must be in [0, 2**63), got {self.seed}")
         for flag, path in (("--out", self.out), ("--figure", self.figure_path)):
@@ -71,26 +73,6 @@ class EvalConfig:
         return self.figure or os.path.splitext(self.out)[0] + ".png"
 
 
-@dataclass
-class EvalData:
-    """Both sides, checked to match: uint8 (N, H, W, C) images and labels in the real data's class indices."""
-
-    train: ImageSet
-    train_rows: np.ndarray  # each training image's row in --real's training data (reports name these)
-    test: ImageSet
-    test_split: str
-    synthetic: np.ndarray
-    synthetic_labels: np.ndarray  # -1 everywhere for an unconditional model
-    synthetic_index: np.ndarray  # each image's index in the dataset
-    synthetic_rows: int  # in the whole dataset
-    fingerprint: str
-    class_names: list[str]  # the real data's, or the model's where the real data has only "0", "1", ...
-
-    @property
-    def conditional(self) -> bool:
-        return bool((self.synthetic_labels >= 0).all())
-
-
 def evaluate(config: EvalConfig) -> dict:
     """Compute every metric, write the JSON report and its figures.
 
@@ -103,11 +85,23 @@ def evaluate(config: EvalConfig) -> dict:
     config.check()
     inception_path, inception_why = fx.inception_weights(config.inception_weights)
     data = load_eval_data(config)
+    with fx.torch_threads(config.threads):
+        report = _scores(config, data, inception_path, inception_why)
+    report["figures"] = {"report": config.figure_path,
+                         "memorization": os.path.splitext(config.figure_path)[0] + "-memorization.png"}
+    draw_report(report, data.train, data.synthetic, data.synthetic_labels, report["figures"]["report"])
+    draw_memorization(report["memorization"]["worst_pairs"], data.synthetic, data.synthetic_index,
+                      data.train.images, data.train_rows, report["figures"]["memorization"])
+    _write_json(config.out, report)
+    return report
+
+
+def _scores(config: EvalConfig, data: EvalData, inception_path: str | None, inception_why: str) -> dict:
     clf_config = fx.ClassifierConfig(steps=config.classifier_steps)
     names = data.class_names
     classifier = fx.train_classifier(data.train.images, data.train.labels, len(names), config.seed, clf_config)
     feats = _standardised(classifier, data)
-    report = {
+    return {
         "real": {"path": config.real, "train_images": len(data.train.images), "test_images": len(data.test.images),
                  "test_split": data.test_split, "class_names": names, "image_shape": list(data.train.shape)},
         "synthetic": {"path": config.synthetic, "rows": data.synthetic_rows, "images_used": len(data.synthetic),
@@ -121,96 +115,6 @@ def evaluate(config: EvalConfig) -> dict:
         "tstr": _tstr(data, classifier, names, config.seed, clf_config),
         "inception": _inception(data, inception_path, inception_why, config.seed),
     }
-    report["figures"] = {"report": config.figure_path,
-                         "memorization": os.path.splitext(config.figure_path)[0] + "-memorization.png"}
-    draw_report(report, data.train, data.synthetic, data.synthetic_labels, report["figures"]["report"])
-    draw_memorization(report["memorization"]["worst_pairs"], data.synthetic, data.synthetic_index,
-                      data.train.images, data.train_rows, report["figures"]["memorization"])
-    _write_json(config.out, report)
-    return report
-
-
-# ---------------------------------------------------------------- loading and checks
-
-def load_eval_data(config: EvalConfig) -> EvalData:
-    """Read both sides, refuse mismatched shapes or classes, subsample to ``max_images`` (seeded)."""
-    dataset = SyntheticImageDataset(config.synthetic)  # refuses incomplete or empty datasets
-    train, train_rows, test, test_split = _real_splits(config.real, config.seed)
-    _check_shape(train, dataset.info.image_shape, config.real)
-    mapping = class_mapping(train.class_names, dataset.class_names, config.real)
-    rng = np.random.default_rng(config.seed)
-    keep = _cap(len(train.images), config.max_images, rng)
-    train, train_rows = _subset(train, keep), train_rows[keep]
-    test = _subset(test, _cap(len(test.images), config.max_images, rng))
-    take = np.sort(rng.choice(len(dataset), min(len(dataset), config.max_images), replace=False))
-    images, labels, index = dataset.arrays(take)
-    h, w, c = images.shape[1:]
-    _check_shape(train, (c, h, w), config.real)  # a dataset without manifest: known only now
-    labels = mapping[labels] if mapping is not None else np.full(len(labels), -1)
-    manifest = dataset.info.manifest
-    names = dataset.class_names if mapping is not None and _numeric(train.class_names) else train.class_names
-    return EvalData(train, train_rows, test, test_split, images, labels, index, len(dataset),
-                    manifest.model.get("fingerprint", "") if manifest else "", list(names))
-
-
-def _check_shape(real: ImageSet, synthetic: tuple[int, ...] | None, source: str) -> None:
-    if synthetic is not None and tuple(real.shape) != tuple(synthetic):
-        raise SynthgenError(f"{source}: images are {'x'.join(map(str, real.shape))} (C x H x W) but the synthetic "
-                            f"dataset's are {'x'.join(map(str, synthetic))}; evaluate against the data the model "
-                            "learned")
-
-
-def _real_splits(path: str, seed: int) -> tuple[ImageSet, np.ndarray, ImageSet, str]:
-    loc = storage.locate(path)
-    if not storage.exists(loc, loc.root):  # checked here: the reader's message names train's --data flag
-        raise SynthgenError(f"--real {path}: no such file or directory")
-    train = load_images(path, "train")
-    try:
-        test = load_images(path, "test")
-    except SynthgenError:  # an .npz without test arrays
-        test = None
-    if test is not None and not (len(test.images) == len(train.images) and np.array_equal(test.images,
-                                                                                          train.images)):
-        return train, np.arange(len(train.images)), test, "test"
-    # no separate test split (image folder, one Parquet set): hold out a stratified, seeded share
-    rng = np.random.default_rng([seed, 1])
-    held = np.zeros(len(train.labels), bool)
-    for c in np.unique(train.labels):
-        members = rng.permutation(np.flatnonzero(train.labels == c))
-        held[members[:max(1, round(len(members) * HOLDOUT))]] = True
-    rows = np.flatnonzero(~held)
-    return _subset(train, rows), rows, _subset(train, np.flatnonzero(held)), \
-        f"held-out {HOLDOUT:.0%} of --real (it has no test split)"
-
-
-def _cap(n: int, most: int, rng: np.random.Generator) -> np.ndarray:
-    """Rows to keep: all of them, or a seeded sorted sample of ``most``."""
-    return np.arange(n) if n <= most else np.sort(rng.choice(n, most, replace=False))
-
-
-def _subset(data: ImageSet, rows: np.ndarray) -> ImageSet:
-    return ImageSet(data.images[rows], data.labels[rows], data.class_names, data.sha256, data.source)
-
-
-def class_mapping(real: list[str], synthetic: list[str], source: str) -> np.ndarray | None:
-    """Synthetic label -> real label, or None for an unconditional model.
-
-    Names must match (in any order); a side whose names are just "0", "1", ... (no names in the file)
-    matches any names of the same count, by position.
-    """
-    if not synthetic:
-        return None
-    if sorted(real) == sorted(synthetic):
-        return np.array([real.index(name) for name in synthetic])
-    if len(real) == len(synthetic) and (_numeric(real) or _numeric(synthetic)):
-        return np.arange(len(synthetic))
-    raise SynthgenError(f"{source}: classes {', '.join(real)} do not match the synthetic dataset's "
-                        f"{', '.join(synthetic)}; evaluate against the data the model learned")
-
-
-def _numeric(names: list[str]) -> bool:
-    """True for the placeholder names readers give data without class names."""
-    return names == [str(i) for i in range(len(names))]
 
 
 # ---------------------------------------------------------------- metrics

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from synthgen import metrics
@@ -142,6 +143,23 @@ def test_same_seed_same_report_and_holdout(copies, tmp_path):
     assert exact and all(p["real_train_row"] == p["synthetic_index"] for p in exact)  # rows of --real
 
 
+def test_report_does_not_depend_on_the_process_thread_count(copies, tmp_path):
+    # a classifier's sums split by torch thread count: eval runs on its own fixed count (--threads)
+    before = torch.get_num_threads()
+    run = lambda **kw: quick(str(copies), copies, tmp_path, max_images=100, seed=5, classifier_steps=10, **kw)
+    reports = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            reports.append(run())
+            assert torch.get_num_threads() == count  # the process's count is restored
+    finally:
+        torch.set_num_threads(before)
+    assert reports[0] == reports[1] and reports[0]["settings"]["threads"] == 2
+    one = run(threads=1)
+    assert one["settings"]["threads"] == 1 and one["fid_kid"]["fid"] != reports[0]["fid_kid"]["fid"]
+
+
 def test_cli_eval_and_preview(breast_npz, planted, tmp_path):
     out = tmp_path / "r.json"
     result = invoke("eval", "--real", breast_npz, "--synthetic", str(planted), "--out", str(out),
@@ -170,6 +188,7 @@ def test_cli_bad_input(breast_npz, retina_npz, copies, breast, tmp_path, monkeyp
         (args(str(tmp_path / "x.npz"), copies), "--real " + str(tmp_path / "x.npz") + ": no such file or directory"),
         (args(breast_npz, copies, "--inception-weights", str(tmp_path / "w.pth")), "w.pth: no such file"),
         (args(breast_npz, copies, "--max-images", "3"), "--max-images must be at least 10"),
+        (args(breast_npz, copies, "--threads", "0"), "--threads must be at least 1"),
         (("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(tmp_path / "no/r.json")),
          "does not exist"),
         (("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(tmp_path / "empty"),

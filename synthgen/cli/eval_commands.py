@@ -21,6 +21,9 @@ def eval_(
                                             )] = 5000,
     k: Annotated[int, typer.Option("--k", help="Neighbours for the precision/recall manifolds.")] = 3,
     classifier_steps: Annotated[int, typer.Option(help="Optimiser steps of each small classifier.")] = 600,
+    threads: Annotated[int, typer.Option(
+        help="Torch threads for the classifiers. Scores depend on it (sums split differently), so it is fixed "
+             "rather than the machine's core count; docs/evaluation.md's figures use 2.")] = 2,
     inception_weights: Annotated[Optional[str], typer.Option(
         help="Local Inception-v3 weights (torch-fidelity's .pth) for FID/KID on Inception features; "
              "default: $SYNTHGEN_INCEPTION_WEIGHTS, else skipped.")] = None,
@@ -29,7 +32,7 @@ def eval_(
     from synthgen.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(real=real, synthetic=synthetic, out=out, seed=seed, max_images=max_images, k=k,
-                        classifier_steps=classifier_steps, inception_weights=inception_weights)
+                        classifier_steps=classifier_steps, inception_weights=inception_weights, threads=threads)
     with user_errors():
         report = evaluate(config)
     fk, pr, mem = report["fid_kid"], report["precision_recall"], report["memorization"]
