@@ -93,6 +93,9 @@ def load_images(path: str, split: str = "train") -> ImageSet:
 # ---------------------------------------------------------------- npz
 
 def _read_npz(data: bytes, source: str, split: str) -> ImageSet:
+    if data[:2] != b"PK":  # np.load would return a bare .npy as one array, and refuse anything else as a pickle
+        raise SynthgenError(f"{source}: not a .npz archive (a zip of named arrays, as MedMNIST ships and "
+                            "numpy.savez writes)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             keys = sorted(npz.files)

@@ -138,6 +138,8 @@ def test_missing_files(ckpt_copy: Path, tmp_path: Path) -> None:
     (ckpt_copy / "config.json").unlink()
     _refused(ckpt_copy, "config.json", "no such file")
     _refused(tmp_path / "nowhere", "nowhere", "no such checkpoint directory")
+    (tmp_path / "weights.safetensors").write_bytes(b"x")  # a file where a directory belongs
+    _refused(tmp_path / "weights.safetensors", "weights.safetensors: is a file", "checkpoint directory")
 
 
 def test_custom_arch_checkpoint_needs_allow_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

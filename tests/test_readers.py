@@ -186,7 +186,11 @@ def test_corrupt_npz(tmp_path: Path, breast_npz: str) -> None:
     _raises(truncated, "cut.npz")
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"this is not numpy data at all")
-    _raises(garbage, "garbage.npz")
+    _raises(garbage, "garbage.npz", "not a .npz archive")  # never np.load's advice to unpickle it
+    bare = tmp_path / "bare.npz"  # a .npy under a .npz name: np.load hands back one array, not an archive
+    np.save(tmp_path / "bare.npy", np.zeros((3, 28, 28), np.uint8))
+    (tmp_path / "bare.npy").rename(bare)
+    _raises(bare, "bare.npz", "not a .npz archive")
 
 
 def test_npz_without_expected_keys_lists_keys(tmp_path: Path) -> None:
