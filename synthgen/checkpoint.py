@@ -263,7 +263,7 @@ def _read(loc: storage.Location, name: str) -> bytes:
         missing = loc.uri if what == "checkpoint directory" else path
         raise SynthgenError(f"{missing}: no such {what} (expected {CONFIG_FILE} and {WEIGHTS_FILE})") from None
     except OSError as err:
-        if storage.exists(loc, loc.root) and not storage.is_dir(loc, loc.root):
+        if isinstance(err, NotADirectoryError):  # a local file where the checkpoint directory belongs
             raise SynthgenError(f"{loc.uri}: is a file; a model is a checkpoint directory ({CONFIG_FILE} and "
                                 f"{WEIGHTS_FILE}) or a bundled model's name") from None
         raise SynthgenError(f"{path}: cannot read ({err})") from None
