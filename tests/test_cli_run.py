@@ -52,6 +52,14 @@ def test_a_finished_dataset_run_again_has_nothing_to_do(dataset, tiny_checkpoint
                         again.output)
 
 
+def test_fp16_on_cpu_actors_is_warned_about_and_still_runs(tiny_checkpoint, tmp_path):
+    result = invoke(*run_args(tiny_checkpoint, tmp_path / "fp16", "--precision", "fp16"))
+    assert result.exit_code == 0 and "done: 300 images" in result.output, result.output
+    assert "warning: --precision fp16 on CPU actors: torch's fp16 CPU path ran ~25x slower" in result.output
+    plain = invoke(*run_args(tiny_checkpoint, tmp_path / "bf16", "--precision", "bf16"))
+    assert plain.exit_code == 0 and "warning" not in plain.output, plain.output
+
+
 def test_run_verify_show(dataset):
     verified = invoke("verify", str(dataset))
     assert verified.exit_code == 0 and "300 rows in 3 shards" in verified.output
