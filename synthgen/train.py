@@ -143,6 +143,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     meta = _checkpoint_config(config, data, images.shape[1:], class_names)
     if saved is not None:
         meta = _resumed_config(config, meta, saved)
+    # what the weights depend on beside the flags and data (CPU sums split by thread count), so a checkpoint
+    # says how to reproduce it; a resumed run records its own
+    meta.training.update(torch=torch.__version__, device=device.type,
+                         torch_threads=torch.get_num_threads() if device.type == "cpu" else None)
     trainer = _make_trainer(config, meta, device)
     history = _resume(config, meta, trainer) if config.resume else []
     labels = torch.from_numpy(data.labels) if meta.conditional else None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from synthgen.checkpoint import load_checkpoint, load_training_state, read_config
 from synthgen.errors import Stopped, SynthgenError, restore_handlers, stop_on_signals, stops_held
@@ -49,6 +50,8 @@ def test_gan_trains_and_writes_everything(breast_small: str, tmp_path: Path) -> 
     config = read_config(str(out))
     assert config.class_names == ["malignant", "normal"] and config.image_shape == [1, 28, 28]
     assert config.training["epochs"] == 2 and config.training["data"] == breast_small
+    assert config.training["torch"] == torch.__version__ and config.training["device"] == "cpu"
+    assert config.training["torch_threads"] == torch.get_num_threads()  # the weights depend on it
     assert config.training["data_sha256"] == __import__("hashlib").sha256(Path(breast_small).read_bytes()).hexdigest()
     assert load_checkpoint(str(out)).fingerprint == result.fingerprint
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporaries behind
