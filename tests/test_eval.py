@@ -19,6 +19,7 @@ from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
 from synthgen.evaluate import EvalConfig, evaluate
+from synthgen.features import EVAL_THREADS
 from test_data import write_dataset
 
 STEPS = "40"
@@ -167,6 +168,7 @@ def test_cli_eval_and_preview(breast_npz, planted, tmp_path):
     assert result.exit_code == 0, result.output
     assert "FID " in result.output and "test AUC by training data: real" in result.output
     assert "Inception-v3 FID skipped" in result.output and out.is_file()
+    assert json.loads(out.read_text())["settings"]["threads"] == EVAL_THREADS  # the flag's default is the library's
     sheet = tmp_path / "sheet.png"
     shown = invoke("preview", str(planted), "--out", str(sheet), "--per-class", "4")
     assert shown.exit_code == 0 and "malignant 4, normal 4" in shown.output and sheet.stat().st_size > 0
