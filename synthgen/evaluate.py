@@ -10,8 +10,8 @@ small classifier on the real training split (its penultimate layer is the featur
 - TSTR: the classifier trained on synthetic only, on real only (TRTR) and on both, tested on real test data;
 - FID / KID on Inception-v3 features, only when its weights are on local disk.
 
-Everything is seeded and runs on a fixed number of torch threads (``--threads``): the same command gives the
-same report on any machine with the same torch build and CPU family, whatever its core count.
+Everything is seeded and runs on a fixed number of torch threads (``--threads``), so the same command gives
+the same report whatever the machine's core count (another torch build or instruction set may still differ).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def load_images(path: str, split: str = "train") -> ImageSet:
     data = _read(loc, loc.root)
     if data[:4] == b"PAR1":
         return _read_parquet(loc, [loc.root], first_bytes={loc.root: data})
-    if data[:2] == b"PK" or path.endswith(".npz"):
+    if data[:2] == _ZIP_MAGIC or path.endswith(".npz"):
         return _read_npz(data, path, split)
     raise SynthgenError(f"{path}: unsupported data file; use a MedMNIST-style .npz, a .parquet file, "
                         "or a folder with one subfolder of images per class")
@@ -92,8 +92,11 @@ def load_images(path: str, split: str = "train") -> ImageSet:
 
 # ---------------------------------------------------------------- npz
 
+_ZIP_MAGIC = b"PK"  # a .npz is a zip archive
+
+
 def _read_npz(data: bytes, source: str, split: str) -> ImageSet:
-    if data[:2] != b"PK":  # np.load would return a bare .npy as one array, and refuse anything else as a pickle
+    if data[:2] != _ZIP_MAGIC:  # np.load would return a bare .npy as one array, and refuse the rest as pickles
         raise SynthgenError(f"{source}: not a .npz archive (a zip of named arrays, as MedMNIST ships and "
                             "numpy.savez writes)")
     try:

@@ -156,7 +156,7 @@ def test_report_does_not_depend_on_the_process_thread_count(copies, tmp_path):
             assert torch.get_num_threads() == count  # the process's count is restored
     finally:
         torch.set_num_threads(before)
-    assert reports[0] == reports[1] and reports[0]["settings"]["threads"] == 2
+    assert reports[0] == reports[1] and reports[0]["settings"]["threads"] == EVAL_THREADS
     one = run(threads=1)
     assert one["settings"]["threads"] == 1 and one["fid_kid"]["fid"] != reports[0]["fid_kid"]["fid"]
 
