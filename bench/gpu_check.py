@@ -31,8 +31,8 @@ from throughput import raw_rate  # noqa: E402
 
 from synthgen import __version__  # noqa: E402
 from synthgen.checkpoint import DEFAULT_MODEL, load_checkpoint, resolve  # noqa: E402
-from synthgen.inference import prepare_model  # noqa: E402
-from synthgen.sampling import make_deterministic  # noqa: E402
+from synthgen.generate.inference_form import prepare_model  # noqa: E402
+from synthgen.generate.sampling import make_deterministic  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

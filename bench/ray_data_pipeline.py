@@ -18,11 +18,11 @@ import numpy as np
 import ray
 
 from synthgen.checkpoint import load_checkpoint
+from synthgen.dataset.format import PARQUET_COMPRESSION
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import INFERENCE_FORM, image_seeds, parse_label_plan
+from synthgen.generate.sampling import generate
 from synthgen.imaging import encode_pngs, png_settings
-from synthgen.inference import prepare_model
-from synthgen.plan import INFERENCE_FORM, image_seeds, parse_label_plan
-from synthgen.sampling import generate
-from synthgen.writers import PARQUET_COMPRESSION
 
 
 class Generate:

@@ -26,16 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from throughput import raw_rate  # bench/ is this script's directory, so first on sys.path
 
 from synthgen.checkpoint import inspect_checkpoint, load_checkpoint, resolve
+from synthgen.dataset.format import Layout
+from synthgen.dataset.writers import ShardWriter
+from synthgen.generate.actor import CPU_BATCH, ShardGenerator
+from synthgen.generate.config import WorkerConfig, allocator_env
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import ShardSpec, image_seeds, parse_label_plan
+from synthgen.generate.sampling import generate
 from synthgen.imaging import encode_pngs, png_settings
-from synthgen.inference import prepare_model
-from synthgen.plan import ShardSpec, image_seeds, parse_label_plan
-from synthgen.sampling import generate
-from synthgen.worker import CPU_BATCH, ShardGenerator
-from synthgen.worker_config import WorkerConfig, allocator_env
-from synthgen.writers import Layout, ShardWriter
-from throughput import raw_rate  # bench/ is this script's directory, so first on sys.path
 
 LANES, SHARD = 2, 10_240
 

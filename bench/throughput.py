@@ -34,12 +34,12 @@ import torch
 
 from synthgen import __version__
 from synthgen.checkpoint import load_checkpoint
-from synthgen.inference import prepare_model
-from synthgen.plan import image_seeds
-from synthgen.rng import normal_from_seeds
-from synthgen.sampling import AUTOCAST_DTYPES, to_uint8
-from synthgen.worker import CPU_BATCH
-from synthgen.worker_config import allocator_env
+from synthgen.generate.actor import CPU_BATCH
+from synthgen.generate.config import allocator_env
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import image_seeds
+from synthgen.generate.rng import normal_from_seeds
+from synthgen.generate.sampling import AUTOCAST_DTYPES, to_uint8
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -8,7 +8,7 @@ script with synthgen's source in the job's working_dir. It also works by hand fr
         -- python jobs/generate.py --config job.json
 
 where ``job.json`` holds ``synthgen run`` settings, e.g. ``{"count": 100000, "out": "s3://bucket/ds",
-"gpus": 8, "model": "s3://bucket/models/breast"}`` (every field of ``synthgen.engine.RunConfig``; only
+"gpus": 8, "model": "s3://bucket/models/breast"}`` (every field of ``synthgen.generate.engine.RunConfig``; only
 ``count`` is required). Inside a job Ray sets ``RAY_ADDRESS``, so the engine joins the cluster. Exit status
 0 when the dataset is complete, 1 with an ``error:`` line otherwise; the job's status follows it.
 """
@@ -23,7 +23,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if (_ROOT / "synthgen" / "__init__.py").is_file():
     sys.path.insert(0, str(_ROOT))
 
-from synthgen.jobrun import entrypoint_main  # noqa: E402
+from synthgen.cluster.jobrun import entrypoint_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(entrypoint_main())

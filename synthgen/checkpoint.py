@@ -21,9 +21,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import safetensors
 from safetensors import SafetensorError

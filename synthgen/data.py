@@ -27,13 +27,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from synthgen import manifest as mf
 from synthgen import storage
+from synthgen.dataset import manifest as mf
+from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, to_pil
 from synthgen.mixing import MixedDataset, RealImageDataset, Transform, mix, to_tensor  # noqa: F401 (re-exported)
-from synthgen.writers import raw_pixels
-
 
 
 @dataclass

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from synthgen import storage
+from synthgen.dataset.format import Layout, raw_pixels
 from synthgen.errors import SynthgenError
-from synthgen.writers import Layout, raw_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB

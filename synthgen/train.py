@@ -23,12 +23,12 @@ from tqdm import tqdm
 from synthgen import checkpoint as ckpt
 from synthgen import storage
 from synthgen.errors import SynthgenError, stops_held
+from synthgen.generate.plan import image_seeds
+from synthgen.generate.sampling import generate
 from synthgen.imaging import image_grid, save_png
 from synthgen.models import DCGANConfig, VAEConfig, config_to_dict
 from synthgen.models.dcgan import SUPPORTED_SIZES
-from synthgen.plan import image_seeds
 from synthgen.readers import ImageSet, load_images
-from synthgen.sampling import generate
 from synthgen.trainers import GANTrainer, Trainer, VAETrainer
 
 ARCHS = ("dcgan", "vae")

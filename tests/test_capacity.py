@@ -1,4 +1,4 @@
-"""synthgen.capacity: a job that cannot fit on its disk stops at its first shard, keeping what it made."""
+"""synthgen.dataset.capacity: a job that cannot fit on its disk stops at its first shard, keeping what it made."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from synthgen import capacity, storage
+from synthgen import storage
 from synthgen.cli import app
-from synthgen.manifest import load
+from synthgen.dataset import capacity
+from synthgen.dataset.manifest import load
 
 runner = CliRunner()
 
@@ -72,7 +73,7 @@ def test_the_check_uses_the_disk_cost_of_an_image(tiny_checkpoint, tmp_path, ray
 
 
 def test_nothing_is_checked_before_a_shard_lands(tmp_path, monkeypatch):
-    from synthgen.manifest import Manifest
+    from synthgen.dataset.manifest import Manifest
 
     monkeypatch.setattr(capacity, "free_space", lambda path: capacity.FreeSpace(0, 0))
     manifest = Manifest({"format": "parquet", "count": 10, "shard_size": 10}, {})

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from synthgen.checkpoint import CheckpointConfig, save_checkpoint
 from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset
+from synthgen.dataset.format import raw_pixels
+from synthgen.generate.plan import INFERENCE_FORM
 from synthgen.models import DCGANConfig, DCGANGenerator, config_to_dict
-from synthgen.plan import INFERENCE_FORM
-from synthgen.writers import raw_pixels
 
 runner = CliRunner()
 

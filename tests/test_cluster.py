@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from synthgen import jobrun, staging, submit
 from synthgen.cli import app
-from synthgen.engine import RunConfig
+from synthgen.cluster import client as submit
+from synthgen.cluster import jobrun, staging
+from synthgen.dataset.verify import verify_dataset
 from synthgen.errors import SynthgenError
-from synthgen.verify import verify_dataset
+from synthgen.generate.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -287,7 +288,7 @@ def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
     shipped = tmp_path / "model" / Path(tiny_checkpoint).name
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors"]
     assert (tmp_path / "jobs" / "generate.py").read_text() == (REPO / "jobs" / "generate.py").read_text()
-    assert (tmp_path / "synthgen" / "engine" / "pool.py").is_file()
+    assert (tmp_path / "synthgen" / "generate" / "engine" / "pool.py").is_file()
     assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.pyc"))
     assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 20 * 2**20
     assert staged.model == f"model/{shipped.name}" and staged.address is None
@@ -377,7 +378,7 @@ def fake_cluster(monkeypatch):
     """The engine's view of a cluster, scripted: GPU counts over time, and the autoscaler requests it gets."""
     import ray.autoscaler.sdk
 
-    from synthgen.engine import placement
+    from synthgen.generate.engine import placement
 
     state = {"gpus": [0], "cpus": [16], "requests": []}
 
@@ -396,7 +397,7 @@ def fake_cluster(monkeypatch):
 
 
 def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypatch, capsys):
-    from synthgen.engine import placement
+    from synthgen.generate.engine import placement
 
     monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: True)
     fake_cluster["gpus"] = [0, 0, 4]  # two GPU nodes arrive
@@ -416,7 +417,7 @@ def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypat
 
 
 def test_workers_beyond_the_cpus_wait_for_an_autoscaler_or_fail_fast(fake_cluster, monkeypatch, capsys):
-    from synthgen.engine import placement
+    from synthgen.generate.engine import placement
 
     monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: True)
     fake_cluster["cpus"] = [2, 2, 8]  # an 8-CPU node arrives
@@ -432,7 +433,7 @@ def test_workers_beyond_the_cpus_wait_for_an_autoscaler_or_fail_fast(fake_cluste
 
 
 def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
-    from synthgen.engine import placement
+    from synthgen.generate.engine import placement
 
     monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: False)
     with pytest.raises(SynthgenError, match=r"--gpus 2: the cluster has 0 GPU\(s\) and 16 CPU\(s\)"):
@@ -451,7 +452,7 @@ def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
 def test_autoscaler_detection(monkeypatch, kv, expected):
     import ray.experimental.internal_kv
 
-    from synthgen.engine import placement
+    from synthgen.generate.engine import placement
 
     def kv_get(key, namespace=None):
         value = kv.get(key)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from synthgen.jobrun import load_job_file
+from synthgen.cluster.jobrun import load_job_file
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,14 +16,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.data import IterableSyntheticDataset, RealImageDataset, SyntheticImageDataset, mix
+from synthgen.dataset import manifest as mf
+from synthgen.dataset.format import Layout
+from synthgen.dataset.writers import ShardWriter, write_png_metadata
 from synthgen.errors import SynthgenError
+from synthgen.generate.plan import plan_shards
 from synthgen.imaging import encode_png
-from synthgen.plan import ShardSpec, plan_shards
 from synthgen.readers import ImageSet, load_images
-from synthgen.writers import Layout, ShardWriter, write_png_metadata
 
 
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str], shard_size: int,

@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthgen.engine import RunConfig, run, split_lanes
+from synthgen.dataset.format import raw_pixels
+from synthgen.dataset.verify import verify_dataset
+from synthgen.generate.config import RunConfig
+from synthgen.generate.engine import run, split_lanes
 from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_settings
-from synthgen.verify import verify_dataset
-from synthgen.writers import raw_pixels
 
 
 def images_by_index(out: str) -> dict[int, bytes]:

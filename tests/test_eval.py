@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data import write_dataset
 from typer.testing import CliRunner
 
-from synthgen import metrics
 from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
-from synthgen.evaluate import EvalConfig, evaluate
-from synthgen.features import EVAL_THREADS
-from test_data import write_dataset
+from synthgen.evaluate import metrics
+from synthgen.evaluate.config import EvalConfig
+from synthgen.evaluate.features import EVAL_THREADS
+from synthgen.evaluate.report import evaluate
 
 STEPS = "40"
 runner = CliRunner()

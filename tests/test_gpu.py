@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen.inference import prepare_model
-from synthgen.plan import INFERENCE_FORMS, image_seeds
-from synthgen.sampling import generate, make_deterministic
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import INFERENCE_FORMS, image_seeds
+from synthgen.generate.sampling import generate, make_deterministic
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

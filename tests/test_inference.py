@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen import inference
-from synthgen.inference import ChannelsLastUnflatten, SubPixelConvTranspose2d, prepare_model
+from synthgen.generate import inference_form as inference
+from synthgen.generate.inference_form import ChannelsLastUnflatten, SubPixelConvTranspose2d, prepare_model
+from synthgen.generate.plan import INFERENCE_FORM, image_seeds
+from synthgen.generate.sampling import generate, to_uint8
 from synthgen.models import DCGANConfig, DCGANGenerator
-from synthgen.plan import INFERENCE_FORM, image_seeds
-from synthgen.sampling import generate, to_uint8
 
 
 @pytest.mark.parametrize("kernel,padding,output_padding,out_channels", [(5, 2, 1, 1), (4, 1, 0, 3), (6, 2, 0, 2)])

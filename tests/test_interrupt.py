@@ -5,11 +5,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from synthgen.verify import verify_dataset
+from synthgen.dataset.verify import verify_dataset
 
 
 @pytest.mark.slow

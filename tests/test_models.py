@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from synthgen.models import (
-    DCGANConfig, DCGANDiscriminator, build_generator, config_to_dict, known_architectures, register,
+    DCGANConfig,
+    DCGANDiscriminator,
+    build_generator,
+    config_to_dict,
+    known_architectures,
+    register,
 )
 from synthgen.models.vae import VAE, VAEConfig
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from synthgen import storage
+from synthgen.dataset.output import LOCK_FILE, output_lock
 from synthgen.errors import SynthgenError
-from synthgen.output import LOCK_FILE, output_lock
 
 
 def dead_pid() -> int:

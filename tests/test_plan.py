@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from synthgen.errors import SynthgenError
-from synthgen.plan import image_seeds, parse_label_plan, plan_shards
+from synthgen.generate.plan import image_seeds, parse_label_plan, plan_shards
 
 CLASSES = ["malignant", "normal"]
 

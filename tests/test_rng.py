@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from synthgen.rng import normal_from_seeds, philox4x32
+from synthgen.generate.rng import normal_from_seeds, philox4x32
 
 # (counter, key, expected output) from Random123's kat_vectors, philox4x32 with 10 rounds
 KAT = [

@@ -18,14 +18,15 @@ import boto3
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from conftest import S3_CREDENTIALS
 from typer.testing import CliRunner
 
-from conftest import S3_CREDENTIALS
 from synthgen import storage
 from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from synthgen.cli import app
-from synthgen.engine import RunConfig, run
-from synthgen.verify import verify_dataset
+from synthgen.dataset.verify import verify_dataset
+from synthgen.generate.config import RunConfig
+from synthgen.generate.engine import run
 
 BUCKET = "synthgen-test"
 runner = CliRunner()

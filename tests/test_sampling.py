@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from synthgen.checkpoint import load_checkpoint
-from synthgen.plan import INFERENCE_FORMS, image_seeds
-from synthgen.inference import prepare_model
-from synthgen.sampling import MIN_BATCH, generate, pass_bounds
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import INFERENCE_FORMS, image_seeds
+from synthgen.generate.sampling import MIN_BATCH, generate, pass_bounds
 
 
 @pytest.fixture(scope="module")

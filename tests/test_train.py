@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from synthgen import train as train_module
 from synthgen.checkpoint import load_checkpoint, load_training_state, read_config
 from synthgen.errors import Stopped, SynthgenError, restore_handlers, stop_on_signals, stops_held
-from synthgen import train as train_module
 from synthgen.train import TrainConfig, default_epochs, train
 
 SMALL = {"width": 32, "latent_dim": 16, "batch_size": 32, "device": "cpu"}

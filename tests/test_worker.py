@@ -10,16 +10,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from synthgen.checkpoint import inspect_checkpoint
+from synthgen.dataset.format import Layout, raw_pixels
+from synthgen.generate.actor import ShardGenerator, default_batch_size
+from synthgen.generate.config import WorkerConfig, allocator_env
+from synthgen.generate.plan import ShardSpec, parse_label_plan
 from synthgen.imaging import decode_png
-from synthgen.plan import ShardSpec, parse_label_plan
-from synthgen.worker import ShardGenerator, default_batch_size
-from synthgen.worker_config import WorkerConfig, allocator_env
-from synthgen.writers import Layout, raw_pixels
 
 
 def worker(tmp_path, checkpoint, name, *, encoding="png", device="cpu", **kw) -> ShardGenerator:
@@ -67,7 +66,7 @@ def test_raw_and_png_hold_the_same_pixels(tmp_path, tiny_checkpoint):
 
 
 def test_lanes_run_concurrently(tmp_path, tiny_checkpoint, monkeypatch):
-    import synthgen.worker as worker_module
+    import synthgen.generate.actor as worker_module
 
     gen = worker(tmp_path, tiny_checkpoint, "lanes", threads=2, batch_size=64)
     active, peak, lock = [0], [0], threading.Lock()

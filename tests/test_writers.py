@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthgen import storage
+from synthgen.dataset.format import PARQUET_COMPRESSION, Layout, image_file, is_written_file, raw_pixels, shard_file
+from synthgen.dataset.writers import ROW_GROUP_ROWS, ShardWriter, write_png_metadata
+from synthgen.generate.plan import ShardSpec, image_seeds
 from synthgen.imaging import decode_png, encode_png
-from synthgen.plan import ShardSpec, image_seeds
-from synthgen.writers import (PARQUET_COMPRESSION, ROW_GROUP_ROWS, Layout, ShardWriter, image_file,
-                              is_written_file, raw_pixels, shard_file, write_png_metadata)
 
 CLASSES = ("malignant", "normal")
 

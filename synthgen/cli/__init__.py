@@ -10,9 +10,12 @@ import sys
 
 import typer
 
-from synthgen.cli import dataset_commands, model_commands  # noqa: F401  (registers the commands)
-from synthgen.cli import eval_commands  # noqa: F401  (registers eval and preview)
-from synthgen.cli import job_commands  # noqa: F401  (registers jobs list|status|logs|stop)
+from synthgen.cli import (  # noqa: F401  (registers the commands)
+    dataset_commands,
+    eval_commands,  # noqa: F401  (registers eval and preview)
+    job_commands,  # noqa: F401  (registers jobs list|status|logs|stop)
+    model_commands,
+)
 from synthgen.cli.common import app
 from synthgen.errors import SynthgenError, exit_status
 

@@ -50,15 +50,15 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Generate COUNT images into a Parquet or PNG dataset; re-running the same command resumes it."""
-    from synthgen.engine import RunConfig
-    from synthgen.engine import run as run_job
+    from synthgen.generate.config import RunConfig
+    from synthgen.generate.engine import run as run_job
 
     config = RunConfig(count=count, out=out, model=model, format=format, encoding=encoding,
                        shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size,
                        precision=precision, gpus=gpus, workers=workers,
                        actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
                        allow_import=allow_custom_arch, progress=progress)
-    from synthgen.submit import job_server, submit_run
+    from synthgen.cluster.client import job_server, submit_run
 
     if job_server(address):
         with user_errors():
@@ -90,8 +90,8 @@ def verify(
     path: Annotated[str, typer.Argument(help="Dataset directory or URI.")],
 ) -> None:
     """Check a dataset against its manifest: files, sizes, sha256, row counts, every index exactly once."""
+    from synthgen.dataset.verify import verify_dataset
     from synthgen.storage import human_bytes
-    from synthgen.verify import verify_dataset
 
     with user_errors():
         report = verify_dataset(path)
@@ -113,8 +113,8 @@ def show(
     model: Annotated[Optional[str], typer.Option(help="The dataset's model, if it moved.")] = None,
 ) -> None:
     """Regenerate image INDEX from the manifest alone and say whether it matches the stored bytes."""
+    from synthgen.generate.show import regenerate
     from synthgen.imaging import save_png
-    from synthgen.show import regenerate
 
     with user_errors():
         result = regenerate(path, index, model)

@@ -29,7 +29,8 @@ def eval_(
              "default: $SYNTHGEN_INCEPTION_WEIGHTS, else skipped.")] = None,
 ) -> None:
     """Score a synthetic dataset: FID/KID, precision/recall, memorization audit, TSTR vs TRTR."""
-    from synthgen.evaluate import EvalConfig, evaluate
+    from synthgen.evaluate.config import EvalConfig
+    from synthgen.evaluate.report import evaluate
 
     config = EvalConfig(real=real, synthetic=synthetic, out=out, seed=seed, max_images=max_images, k=k,
                         classifier_steps=classifier_steps, inception_weights=inception_weights, threads=threads)
@@ -58,7 +59,7 @@ def preview(
     per_class: Annotated[int, typer.Option(help="Images shown per class.")] = 16,
 ) -> None:
     """Write a contact sheet of the first images of each class."""
-    from synthgen.figures import contact_sheet
+    from synthgen.evaluate.figures import contact_sheet
 
     with user_errors():
         counts = contact_sheet(path, out, per_class)

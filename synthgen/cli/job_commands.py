@@ -31,7 +31,7 @@ def _job_id(job) -> str:
 @jobs_app.command("list")
 def list_jobs(address: Address = None) -> None:
     """Every job the cluster knows, oldest first: id, status, start time, output."""
-    from synthgen.submit import JobServer
+    from synthgen.cluster.client import JobServer
 
     with user_errors():
         jobs = JobServer(address).list()
@@ -47,7 +47,7 @@ def list_jobs(address: Address = None) -> None:
 @jobs_app.command()
 def status(job_id: JobId, address: Address = None) -> None:
     """A job's status, times and message; exits 1 when it failed or was stopped."""
-    from synthgen.submit import JobServer
+    from synthgen.cluster.client import JobServer
 
     with user_errors():
         job = JobServer(address).info(job_id)
@@ -69,7 +69,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
     """Print a job's logs (with --follow, as they come until it ends; Ctrl-C stops following, not the job)."""
-    from synthgen.submit import JobServer
+    from synthgen.cluster.client import JobServer
 
     with user_errors():
         server = JobServer(address)
@@ -89,7 +89,7 @@ def logs(
 @jobs_app.command()
 def stop(job_id: JobId, address: Address = None) -> None:
     """Stop a running job and wait for it to end; committed shards stay, and a re-run resumes them."""
-    from synthgen.submit import STOP_WAIT_S, JobServer
+    from synthgen.cluster.client import STOP_WAIT_S, JobServer
 
     with user_errors():
         was_running, final = JobServer(address).stop(job_id)

@@ -89,9 +89,9 @@ def sample(
 ) -> None:
     """Draw a grid of samples from a model into one PNG."""
     from synthgen.checkpoint import load_checkpoint
+    from synthgen.generate.plan import check_seed, image_seeds
+    from synthgen.generate.sampling import generate
     from synthgen.imaging import image_grid, save_png
-    from synthgen.plan import check_seed, image_seeds
-    from synthgen.sampling import generate
     from synthgen.train import resolve_device
 
     for flag, value in (("--count", count), ("--columns", columns), ("--scale", scale)):

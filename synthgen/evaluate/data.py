@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synthgen import storage
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
+from synthgen.evaluate.config import EvalConfig
 from synthgen.readers import ImageSet, load_images
-
-if TYPE_CHECKING:  # pragma: no cover
-    from synthgen.evaluate import EvalConfig
 
 HOLDOUT = 0.2  # share of --real held out as test data when it has no test split
 

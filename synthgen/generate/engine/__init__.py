@@ -1,8 +1,7 @@
 """The engine, the only package that imports ray to generate: the run, progress and resume here; the actor pool
-and its retries in :mod:`synthgen.engine.pool`, actor placement in :mod:`synthgen.engine.placement`, which
-cluster a run joins or starts in :mod:`synthgen.engine.session`.
+and its retries in ``pool``, actor placement in ``placement``, which cluster a run joins or starts in ``session``.
 
-The driver plans shards, hands them to a pool of :class:`synthgen.worker.ShardGenerator` actors (two in
+The driver plans shards, hands them to a pool of :class:`synthgen.generate.actor.ShardGenerator` actors (two in
 flight per actor, so a slow actor simply takes fewer), and records each committed shard in the manifest.
 Actors write their shards themselves; only small shard records travel back. An actor that dies is
 restarted by Ray and its shard retried; when restarts run out the shard goes to another actor. Because a
@@ -14,80 +13,23 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from synthgen import manifest as mf
 from synthgen import storage
-from synthgen.capacity import SpaceCheck
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
-from synthgen.engine.placement import split_lanes  # noqa: F401 (part of the engine's interface)
-from synthgen.engine.pool import ActorPool
-from synthgen.engine.session import ray_session
-from synthgen.errors import SynthgenError
+from synthgen.dataset import manifest as mf
+from synthgen.dataset.capacity import SpaceCheck
+from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT, Layout
+from synthgen.dataset.output import finish_output, output_lock, plan_output, write_output
+from synthgen.generate.config import RunConfig, RunSummary, WorkerConfig, check_run_settings
+from synthgen.generate.engine.placement import split_lanes  # noqa: F401 (part of the engine's interface)
+from synthgen.generate.engine.pool import ActorPool
+from synthgen.generate.engine.session import ray_session
+from synthgen.generate.plan import INFERENCE_FORM, parse_label_plan, plan_shards
 from synthgen.imaging import png_encoder_name, png_settings
-from synthgen.output import output_lock, plan_output, write_output
-from synthgen.plan import INFERENCE_FORM, parse_label_plan, plan_shards
-from synthgen.settings import check_run_settings
-from synthgen.worker_config import WorkerConfig
-from synthgen.writers import PARQUET_COMPRESSION, RAW_LAYOUT, Layout, write_png_metadata
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
-
-
-@dataclass
-class RunConfig:
-    """Everything ``synthgen run`` takes; see ``synthgen run --help`` for each field."""
-
-    count: int
-    out: str = "synthetic"
-    model: str | None = None  # None = the bundled default model
-    format: str = "parquet"
-    encoding: str = "png"  # png, or raw uint8 pixels (parquet only)
-    shard_size: int = 10_000
-    seed: int = 0
-    labels: str | None = None
-    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU (fewer for larger images)
-    precision: str = "fp32"
-    gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
-    workers: int | None = None  # CPU actors when running without GPUs; None = one per node (8 lanes at most)
-    actors_per_gpu: int = 1
-    address: str | None = None
-    overwrite: bool = False
-    allow_import: bool = False
-    progress: bool = True
-    max_retries: int = 3
-    start_timeout_s: float = 120.0
-
-
-@dataclass
-class RunSummary:
-    out: str
-    total: int  # images in the dataset
-    generated: int  # images made by this run (the rest were already committed)
-    bytes: int
-    seconds: float  # wall time of the whole run, cluster start included
-    generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
-    lanes: list[int] = field(default_factory=list)  # each actor's threads taking batches through the model
-    device: str = ""  # the torch device(s) the actors run on
-    gpu_ids: list[list[int]] = field(default_factory=list)  # Ray's GPU ids held by each actor
-    retried_shards: list[int] = field(default_factory=list)
-
-    @property
-    def actors(self) -> int:
-        return len(self.lanes)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.generated / self.generate_seconds if self.generate_seconds > 0 else 0.0
-
-    def describe_actors(self) -> str:
-        """E.g. "ran 2 actor(s) x 8 lane(s) on cpu", or "ran 3 actor(s) with 2+8+8 lanes on cpu"."""
-        uniform = len(set(self.lanes)) == 1
-        lanes = f"x {self.lanes[0]} lane(s)" if uniform else f"with {'+'.join(map(str, self.lanes))} lanes"
-        gpus = f" holding GPUs {self.gpu_ids}" if any(self.gpu_ids) else ""
-        return f"ran {self.actors} actor(s) {lanes} on {self.device}{gpus}"
 
 
 def run(config: RunConfig) -> RunSummary:
@@ -115,7 +57,7 @@ def run(config: RunConfig) -> RunSummary:
                     _generate(config, pool, manifest, loc, summary)
                 finally:
                     pool.shutdown()
-        _finish(loc, manifest)
+        finish_output(loc, manifest)
     summary.bytes = sum(r.bytes for r in manifest.shards.values())
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -192,15 +134,3 @@ class _ManifestSaver:
     def save(self) -> None:
         mf.save(self.loc, self.manifest)
         self.last = time.monotonic()
-
-
-def _finish(loc: storage.Location, manifest: mf.Manifest) -> None:
-    if len(manifest.shards) < manifest.num_shards:
-        raise SynthgenError(f"{len(manifest.shards)} of {manifest.num_shards} shards done; "
-                            "re-run the same command to finish")
-    if manifest.job["format"] == "png":
-        write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)],
-                           tuple(manifest.model.get("class_names") or ()))
-    manifest.status = "complete"
-    mf.write_card(loc, manifest)
-    mf.save(loc, manifest)

@@ -2,8 +2,8 @@
 
 :func:`stage_job` lays out this synthgen package, ``jobs/generate.py``, ``job.json`` (the RunConfig) and a
 local checkpoint's two files; :func:`check_submittable` refuses settings that cannot work remotely. Both run
-on the submitting machine before anything is sent (:mod:`synthgen.submit`); on the cluster,
-:mod:`synthgen.jobrun` reads ``job.json`` back.
+on the submitting machine before anything is sent (:mod:`synthgen.cluster.client`); on the cluster,
+:mod:`synthgen.cluster.jobrun` reads ``job.json`` back.
 """
 
 from __future__ import annotations
@@ -13,23 +13,20 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from synthgen import storage
 from synthgen.errors import SynthgenError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from synthgen.engine import RunConfig
+from synthgen.generate.config import RunConfig
 
 JOB_FILE = "job.json"
 ENTRYPOINT = f"python jobs/generate.py --config {JOB_FILE}"
 WORKING_DIR_LIMIT = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE (max gRPC message); read from ray when there
 
 # What `python jobs/generate.py` does when synthgen is installed without its source tree (no jobs/ there).
-_ENTRYPOINT_STUB = '''"""synthgen job entrypoint, written by synthgen.staging (see jobs/generate.py)."""
+_ENTRYPOINT_STUB = '''"""synthgen job entrypoint, written by synthgen.cluster.staging (see jobs/generate.py)."""
 import sys
 
-from synthgen.jobrun import entrypoint_main
+from synthgen.cluster.jobrun import entrypoint_main
 
 sys.exit(entrypoint_main())
 '''
@@ -37,7 +34,7 @@ sys.exit(entrypoint_main())
 
 def check_submittable(config: RunConfig) -> None:
     """Refuse, before anything is uploaded, settings that cannot work on a remote cluster."""
-    from synthgen.settings import check_run_settings
+    from synthgen.generate.config import check_run_settings
 
     check_run_settings(config)
     if not storage.is_uri(config.out) and not os.path.isabs(config.out):
@@ -55,7 +52,7 @@ def stage_job(config: RunConfig, dest: Path) -> RunConfig:
     """
     import synthgen
     from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, bundled_models, inspect_checkpoint, read_config
-    from synthgen.plan import parse_label_plan
+    from synthgen.generate.plan import parse_label_plan
 
     package = Path(synthgen.__file__).resolve().parent
     shutil.copytree(package, dest / "synthgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))

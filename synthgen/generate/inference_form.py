@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from synthgen.plan import INFERENCE_FORM, INFERENCE_FORMS
+from synthgen.generate.plan import INFERENCE_FORM, INFERENCE_FORMS
 
 SUBPIXEL_MAX_OUT_CHANNELS = 4
 

@@ -13,18 +13,14 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError, stop_on_signals
-
-if TYPE_CHECKING:  # pragma: no cover
-    from synthgen.engine import RunConfig
+from synthgen.generate.config import RunConfig
 
 
 def load_job_file(path: str) -> RunConfig:
     """Read ``job.json`` (RunConfig fields; only ``count`` is required) into a RunConfig."""
-    from synthgen.engine import RunConfig
 
     try:
         raw = json.loads(Path(path).read_text())
@@ -49,7 +45,7 @@ def run_job_file(path: str) -> int:
     Returns:
         0 when the dataset is complete; 1 (after an ``error:`` line on stderr) when it is not.
     """
-    from synthgen.engine import run
+    from synthgen.generate.engine import run
 
     stop_on_signals((signal.SIGTERM,))  # `jobs stop`, before the engine's session takes over: save, stop actors
     try:

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import pyarrow.parquet as pq
 
-from synthgen import manifest as mf
 from synthgen import storage
+from synthgen.dataset import manifest as mf
 from synthgen.errors import SynthgenError
 
 SAMPLE_FILES = 1000  # PNG files whose allocation is measured, out of the first committed shard

@@ -1,4 +1,4 @@
-"""The generation actors: a pool of :class:`synthgen.worker.ShardGenerator` actors, two shards in flight each.
+"""The generation actors: a pool of :class:`synthgen.generate.actor.ShardGenerator` actors, two shards in flight each.
 
 An actor that dies is restarted by Ray and its shard retried; when restarts run out the shard goes to
 another actor. Because a shard's bytes depend only on its indices, a retried shard is identical to a first
@@ -8,19 +8,16 @@ attempt.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from synthgen import manifest as mf
-from synthgen.engine.placement import ActorShape, actor_shapes, describe
+from synthgen.dataset import manifest as mf
 from synthgen.errors import SynthgenError
-from synthgen.plan import ShardSpec
-from synthgen.worker_config import WorkerConfig, allocator_env
-
-if TYPE_CHECKING:  # pragma: no cover
-    from synthgen.engine import RunConfig, RunSummary
+from synthgen.generate.config import RunConfig, RunSummary, WorkerConfig, allocator_env
+from synthgen.generate.engine.placement import ActorShape, actor_shapes, describe
+from synthgen.generate.plan import ShardSpec
 
 # Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
 # take batches first come, first served), so its cores stay busy while one shard drains and commits.
@@ -28,10 +25,11 @@ IN_FLIGHT_PER_ACTOR = 2
 
 
 class _RayShardGenerator:
-    """The actor: a :class:`synthgen.worker.ShardGenerator`, imported in the actor so the driver needs no torch."""
+    """The actor: a :class:`~synthgen.generate.actor.ShardGenerator`, imported in the actor (the driver needs no
+    torch)."""
 
     def __init__(self, config: WorkerConfig):
-        from synthgen.worker import ShardGenerator
+        from synthgen.generate.actor import ShardGenerator
 
         self.generator = ShardGenerator(config)
 

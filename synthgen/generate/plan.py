@@ -7,7 +7,7 @@ The rules (stable across versions; changing one changes every dataset's bytes):
 
 - shard j covers indices [j*K, min((j+1)*K, N));
 - image i's seed is the 64-bit word w1:w0 of Philox4x32-10 with key (lo32(S), hi32(S)) and counter
-  (lo32(i), hi32(i), 0, 0); its noise is :func:`synthgen.rng.normal_from_seeds` of that seed, so a row's
+  (lo32(i), hi32(i), 0, 0); its noise is :func:`synthgen.generate.rng.normal_from_seeds` of that seed, so a row's
   ``seed`` column alone reproduces its noise;
 - labels: ``balanced`` gives image i the class i mod K; ``single`` one class; ``weights`` a low-discrepancy
   (golden-ratio Weyl) sequence u_i = frac((i+1) / phi), computed exactly in 64-bit integers, and class c
@@ -24,13 +24,13 @@ from typing import Iterator
 import numpy as np
 
 from synthgen.errors import SynthgenError
-from synthgen.rng import philox4x32, split64
+from synthgen.generate.rng import philox4x32, split64
 
 MAX_SEED = 2**64 - 1
 MAX_COUNT = 2**63 - 1  # indices are int64 (the ``index`` column, and numpy's index arithmetic)
 PRECISIONS = ("fp32", "bf16", "fp16")
-# How the generator runs while sampling (synthgen.inference): batch norms folded into the layer before them,
-# thin stride-2 ConvTranspose layers as sub-pixel convolutions, weights channels-last. Other kernels run, so a
+# How the generator runs while sampling (generate.inference_form): batch norms folded into the layer before
+# them, thin stride-2 ConvTranspose layers as sub-pixel convolutions, weights channels-last. Other kernels run, so a
 # few pixels move by one level: it is recorded, with the precision, in every manifest. Datasets of synthgen
 # 0.1.0 used "plain".
 INFERENCE_FORM = "bn-folded,subpixel-thin-deconv,channels-last"

@@ -1,6 +1,6 @@
 """The generation actor's body, a plain callable: load the model once, turn shard specs into shards.
 
-Ray wraps this class in :mod:`synthgen.engine`; tests call it directly, without Ray (as in Ray's
+Ray wraps this class in :mod:`synthgen.generate.engine`; tests call it directly, without Ray (as in Ray's
 batch-inference pattern). Inside one actor, ``lanes`` threads each take a whole batch through noise ->
 generator -> PNG encoding; torch releases the GIL in the forward pass, so lanes run on separate cores. On a CPU
 each lane's forward pass runs on one torch thread: measured on 2 cores, two 1-thread lanes in one process
@@ -24,14 +24,14 @@ import torch
 
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
+from synthgen.dataset.manifest import ShardRecord
+from synthgen.dataset.writers import ShardWriter
 from synthgen.errors import SynthgenError
+from synthgen.generate.config import WorkerConfig
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import LabelPlan, ShardSpec, image_seeds
+from synthgen.generate.sampling import MIN_BATCH, generate, make_deterministic, pass_bounds
 from synthgen.imaging import encode_pngs, png_settings
-from synthgen.inference import prepare_model
-from synthgen.manifest import ShardRecord
-from synthgen.plan import LabelPlan, ShardSpec, image_seeds
-from synthgen.sampling import MIN_BATCH, generate, make_deterministic, pass_bounds
-from synthgen.worker_config import WorkerConfig
-from synthgen.writers import ShardWriter
 
 # Default rows per forward pass for a 28x28 image; larger images get proportionally fewer rows (never under
 # MIN_BATCH), so one batch's activations stay near the same size. Rows per pass never change the pixels.

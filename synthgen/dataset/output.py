@@ -13,15 +13,16 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
-from synthgen import manifest as mf
 from synthgen import storage
+from synthgen.dataset import manifest as mf
+from synthgen.dataset.format import is_written_file
+from synthgen.dataset.verify import check_shard
+from synthgen.dataset.writers import write_png_metadata
 from synthgen.errors import SynthgenError
-from synthgen.verify import check_shard
-from synthgen.writers import is_written_file
 
 OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
 LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
-# Folders whose files --overwrite deletes: only names synthgen writes there (writers.is_written_file); anything
+# Folders whose files --overwrite deletes: only names synthgen writes there (format.is_written_file); anything
 # else inside is the user's, and --overwrite refuses rather than delete it with the folder.
 OUR_FOLDERS = ("data", "meta", "images")
 
@@ -122,6 +123,19 @@ def write_output(loc: storage.Location, manifest: mf.Manifest, replace: bool) ->
     except OSError as err:
         raise SynthgenError(f"--out {loc.uri}: cannot write there ({err.strerror or storage.error_line(err)})"
                             ) from None
+
+
+def finish_output(loc: storage.Location, manifest: mf.Manifest) -> None:
+    """Mark a dataset whose shards are all committed complete: PNG metadata, card, manifest."""
+    if len(manifest.shards) < manifest.num_shards:
+        raise SynthgenError(f"{len(manifest.shards)} of {manifest.num_shards} shards done; "
+                            "re-run the same command to finish")
+    if manifest.job["format"] == "png":
+        write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)],
+                           tuple(manifest.model.get("class_names") or ()))
+    manifest.status = "complete"
+    mf.write_card(loc, manifest)
+    mf.save(loc, manifest)
 
 
 def _plan(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> tuple[mf.Manifest, bool]:

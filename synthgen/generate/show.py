@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from synthgen import manifest as mf
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
+from synthgen.dataset import manifest as mf
+from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
+from synthgen.generate.inference_form import prepare_model
+from synthgen.generate.plan import LabelPlan, image_seeds
+from synthgen.generate.sampling import generate
 from synthgen.imaging import decode_png, encode_png, png_settings
-from synthgen.inference import prepare_model
-from synthgen.plan import LabelPlan, image_seeds
-from synthgen.sampling import generate
-from synthgen.writers import raw_pixels
 
 
 @dataclass

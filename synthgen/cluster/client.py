@@ -1,16 +1,16 @@
 """The cluster path: submit ``synthgen run`` as a Ray Job, follow it, and what the job runs on the cluster.
 
 ``synthgen run --address http://HEAD:8265`` (or ``RAY_ADDRESS=http://HEAD:8265``) comes here instead of
-calling :func:`synthgen.engine.run` in-process. :func:`submit_run` stages a small working_dir (this synthgen
+calling :func:`synthgen.generate.engine.run` in-process. :func:`submit_run` stages a small working_dir (this synthgen
 package, ``jobs/generate.py``, ``job.json`` = the RunConfig, and a local checkpoint's two files;
-:mod:`synthgen.staging`), submits ``python jobs/generate.py --config job.json`` through
+:mod:`synthgen.cluster.staging`), submits ``python jobs/generate.py --config job.json`` through
 :class:`ray.job_submission.JobSubmissionClient`, prints the job id and streams the job's logs until it
 ends. A model given as a URI (``s3://...``) is read by the cluster itself, with the cluster's credentials.
 ``synthgen jobs list|status|logs|stop`` use the same client. On the cluster, ``jobs/generate.py`` calls
-:func:`synthgen.jobrun.run_job_file`, which turns ``job.json`` back into a RunConfig and calls the engine
+:func:`synthgen.cluster.jobrun.run_job_file`, which turns ``job.json`` back into a RunConfig and calls the engine
 there (where ``RAY_ADDRESS`` points at the cluster).
 
-This module is the client side of the cluster path; besides :mod:`synthgen.engine` it is the only one that
+This module is the client side of the cluster path; besides :mod:`synthgen.generate.engine` it is the only one that
 imports ray, and only inside functions, so the CLI starts fast.
 
 Token authentication: Ray 2.60 heads reject job-server requests without the cluster's token. The token is
@@ -28,13 +28,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TextIO
+from typing import Iterator, TextIO
 
-from synthgen import __version__, staging
+from synthgen import __version__
+from synthgen.cluster import staging
 from synthgen.errors import SynthgenError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from synthgen.engine import RunConfig
+from synthgen.generate.config import RunConfig
 
 DEFAULT_TOKEN_PATH = "~/.ray/auth_token"
 JOB_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "5"}  # prompt logs, a progress line every 5 s

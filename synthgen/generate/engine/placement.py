@@ -7,15 +7,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from synthgen.errors import SynthgenError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from synthgen.engine import RunConfig
+from synthgen.generate.config import RunConfig
 
 MAX_LANES_PER_ACTOR = 8  # beyond this, lanes of one process start to queue on the GIL between kernels
 

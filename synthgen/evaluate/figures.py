@@ -101,7 +101,7 @@ def draw_report(report: dict, train: ImageSet, synthetic: np.ndarray, labels: np
     """The report figure: samples per class (real over synthetic), metric text and bars.
 
     Args:
-        report: the dict :func:`synthgen.evaluate.evaluate` builds (fid_kid ... tstr filled in).
+        report: the dict :func:`synthgen.evaluate.report.evaluate` builds (fid_kid ... tstr filled in).
         train: the real training images.
         synthetic: uint8 (N, H, W, C) synthetic images; labels (N,) in the real class indices, or all -1.
         path: local PNG to write.

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
-from synthgen import manifest as mf
 from synthgen import storage
+from synthgen.dataset import manifest as mf
 from synthgen.errors import SynthgenError
 
 _CHUNK = 1 << 20

@@ -107,8 +107,7 @@ def _use_cluster_token() -> None:
     RAY_AUTH_MODE the user set is respected, and authentication is never turned off.
     """
     try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     except ImportError:  # a Ray without token authentication
         return
     # it logs a warning that authentication is on, on every run: nothing for the user to act on

@@ -6,7 +6,7 @@ of 1-11 rows give a few pixels one level off from 12 and more), so a forward pas
 images are cut into passes of even size (:func:`pass_bounds`), not into full passes and a padded remainder:
 a 10,000-image shard at 256 rows is 40 passes of 250 rather than 40 of 256 with 240 rows of padding (measured
 end to end on 2 cores, 6 interleaved pairs: +1.9% images/s). Noise is made on the host from the per-image
-seeds (:mod:`synthgen.rng`), so it is the same whichever device runs the model.
+seeds (:mod:`synthgen.generate.rng`), so it is the same whichever device runs the model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthgen.rng import normal_from_seeds
+from synthgen.generate.rng import normal_from_seeds
 
 MIN_BATCH = 64
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,7 +62,7 @@ def generate(
 
     Args:
         model: a generator in eval mode, ``model(z, labels) -> (B, C, H, W)`` in [-1, 1].
-        seeds: (N,) uint64 per-image seeds (:func:`synthgen.plan.image_seeds`).
+        seeds: (N,) uint64 per-image seeds (:func:`synthgen.generate.plan.image_seeds`).
         labels: (N,) int64 classes, or None / all -1 for an unconditional model.
         batch_size: the most rows per forward pass; passes are sized evenly (:func:`pass_bounds`), and one
             under MIN_BATCH rows is padded to MIN_BATCH.

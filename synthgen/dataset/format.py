@@ -1,0 +1,116 @@
+"""The on-disk format of a synthgen dataset: file names, the Parquet schema with its Hugging Face features,
+and raw pixels.
+
+Parquet shards store each image either as PNG bytes (``encoding="png"``, Hugging Face's Image struct) or as
+raw uint8 pixels (``encoding="raw"``): one ``fixed_size_binary`` value of H*W*C bytes per row, row-major
+(H, W, C), the shape in the column's field metadata (:func:`raw_pixels` reads it back, and also reads the
+``fixed_shape_tensor`` column of synthgen 0.2-0.3; docs/benchmarks.md says why it changed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# zstd (level 1) rather than pyarrow's default snappy: on bundled-model shards 10% smaller with stored PNGs
+# (552 vs 613 B per image, imaging.PARQUET_PNG_SETTINGS) and raw pixels (748 vs 792 B), at the same speed.
+PARQUET_COMPRESSION = "zstd"
+FORMATS = ("parquet", "png")
+ENCODINGS = ("png", "raw")
+RAW_LAYOUT = "fixed_size_binary"  # recorded in the manifest: "fixed_shape_tensor" before synthgen 0.4.0
+UNLABELED = "unlabeled"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every shard of one dataset shares."""
+
+    format: str
+    class_names: tuple[str, ...]
+    encoding: str = "png"
+    image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C) of every image
+    file_metadata: dict[str, Any] = field(default_factory=dict)  # job identity + model, in each Parquet file
+
+    def class_dir(self, label: int) -> str:
+        name = self.class_names[label] if 0 <= label < len(self.class_names) else UNLABELED
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def shard_file(layout: Layout, shard_id: int) -> str:
+    """The committed file that stands for shard ``shard_id``, relative to the dataset root."""
+    if layout.format == "parquet":  # under data/, so DIR itself holds only the manifest and the card
+        return f"data/shard-{shard_id:05d}.parquet"
+    return f"meta/shard-{shard_id:05d}.parquet"
+
+
+def image_file(layout: Layout, index: int, label: int) -> str:
+    return f"images/{layout.class_dir(label)}/{index:09d}.png"
+
+
+# Every name shard_file and image_file can produce, relative to the dataset root (ids and indices may outgrow
+# their zero padding).
+_WRITTEN_FILE = re.compile(r"(data|meta)/shard-\d{5,}\.parquet|images/[^/]+/\d{9,}\.png")
+
+
+def is_written_file(rel_path: str) -> bool:
+    """Whether a path relative to the dataset root is one that :func:`shard_file` or :func:`image_file` names."""
+    return _WRITTEN_FILE.fullmatch(rel_path) is not None
+
+
+def hf_features(class_names: tuple[str, ...], encoding: str = "png") -> dict[str, Any]:
+    label = ({"names": list(class_names), "_type": "ClassLabel"} if class_names
+             else {"dtype": "int64", "_type": "Value"})
+    image = {"image": {"_type": "Image"}} if encoding == "png" else {}
+    return {**image, "index": {"dtype": "int64", "_type": "Value"},
+            "seed": {"dtype": "uint64", "_type": "Value"}, "label": label}
+
+
+def image_type(layout: Layout) -> pa.DataType:
+    if layout.encoding == "raw":
+        return pa.binary(int(np.prod(layout.image_shape)))
+    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def raw_pixels(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> np.ndarray | None:
+    """(N, H, W, C) uint8 pixels of a raw image column, or None when ``column`` holds none.
+
+    Reads synthgen's fixed-size binary (shape from the field metadata) and the ``fixed_shape_tensor`` of
+    datasets written by synthgen 0.2-0.3.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column.type, pa.FixedShapeTensorType):
+        if column.type.value_type != pa.uint8() or len(column.type.shape) != 3:
+            raise ValueError(f"raw image tensors must be uint8 (H, W, C), got {column.type}")
+        return column.to_numpy_ndarray() if len(column) else np.zeros((0, *column.type.shape), np.uint8)
+    shape = json.loads((field.metadata or {}).get(b"shape", b"null"))
+    if not pa.types.is_fixed_size_binary(column.type) or not isinstance(shape, list) or len(shape) != 3:
+        return None
+    if int(np.prod(shape)) != column.type.byte_width:
+        raise ValueError(f"raw image column: {column.type.byte_width} bytes per row do not hold shape {shape}")
+    if column.null_count:
+        raise ValueError(f"raw image column: {column.null_count} row(s) without pixels")
+    if not len(column):
+        return np.zeros((0, *shape), np.uint8)
+    flat = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * column.type.byte_width,
+                         offset=column.offset * column.type.byte_width)
+    return flat.reshape(len(column), *shape)
+
+
+def parquet_schema(layout: Layout) -> pa.Schema:
+    shape = {"shape": json.dumps(list(layout.image_shape))} if layout.encoding == "raw" else None
+    schema = pa.schema([pa.field("image", image_type(layout), metadata=shape), ("index", pa.int64()),
+                        ("seed", pa.uint64()), ("label", pa.int64())])
+    hf = {"info": {"features": hf_features(layout.class_names, layout.encoding)}}
+    return schema.with_metadata({"huggingface": json.dumps(hf), "synthgen": json.dumps(layout.file_metadata,
+                                                                                      sort_keys=True)})
+
+
+def png_meta_schema() -> pa.Schema:
+    return pa.schema([("file_name", pa.string()), ("index", pa.int64()), ("seed", pa.uint64()),
+                      ("label", pa.int64()), ("png_sha256", pa.string())])

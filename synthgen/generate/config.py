@@ -1,0 +1,126 @@
+"""A run's configuration, free of torch and ray: what the CLI and a job file fill in, what every actor gets,
+and the checks of settings that need no model, no cluster and no files.
+
+Both the local driver and the job submitter call :func:`check_run_settings` before anything starts, so a bad
+flag is one line wherever the run would go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from synthgen.dataset.format import ENCODINGS, FORMATS, Layout
+from synthgen.errors import SynthgenError
+from synthgen.generate.plan import check_counts, check_precision, check_seed
+
+
+@dataclass
+class RunConfig:
+    """Everything ``synthgen run`` takes; see ``synthgen run --help`` for each field."""
+
+    count: int
+    out: str = "synthetic"
+    model: str | None = None  # None = the bundled default model
+    format: str = "parquet"
+    encoding: str = "png"  # png, or raw uint8 pixels (parquet only)
+    shard_size: int = 10_000
+    seed: int = 0
+    labels: str | None = None
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU (fewer for larger images)
+    precision: str = "fp32"
+    gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
+    workers: int | None = None  # CPU actors when running without GPUs; None = one per node (8 lanes at most)
+    actors_per_gpu: int = 1
+    address: str | None = None
+    overwrite: bool = False
+    allow_import: bool = False
+    progress: bool = True
+    max_retries: int = 3
+    start_timeout_s: float = 120.0
+
+
+@dataclass
+class RunSummary:
+    out: str
+    total: int  # images in the dataset
+    generated: int  # images made by this run (the rest were already committed)
+    bytes: int
+    seconds: float  # wall time of the whole run, cluster start included
+    generate_seconds: float = 0.0  # from the first shard handed out to the last one committed
+    lanes: list[int] = field(default_factory=list)  # each actor's threads taking batches through the model
+    device: str = ""  # the torch device(s) the actors run on
+    gpu_ids: list[list[int]] = field(default_factory=list)  # Ray's GPU ids held by each actor
+    retried_shards: list[int] = field(default_factory=list)
+
+    @property
+    def actors(self) -> int:
+        return len(self.lanes)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+    def describe_actors(self) -> str:
+        """E.g. "ran 2 actor(s) x 8 lane(s) on cpu", or "ran 3 actor(s) with 2+8+8 lanes on cpu"."""
+        uniform = len(set(self.lanes)) == 1
+        lanes = f"x {self.lanes[0]} lane(s)" if uniform else f"with {'+'.join(map(str, self.lanes))} lanes"
+        gpus = f" holding GPUs {self.gpu_ids}" if any(self.gpu_ids) else ""
+        return f"ran {self.actors} actor(s) {lanes} on {self.device}{gpus}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every actor of a job needs; small and picklable, so Ray ships it to each actor."""
+
+    model: str
+    fingerprint: str
+    out: str
+    layout: Layout
+    seed: int
+    labels: dict  # LabelPlan.to_json()
+    batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU, fewer for images above 28x28
+    precision: str = "fp32"
+    device: str = "auto"  # auto = cuda when this process sees a GPU
+    threads: int = 0  # lanes (threads taking whole batches through model + encoder); 0 = one per usable CPU
+    allow_import: bool = False
+
+
+def allocator_env(lanes: int) -> dict[str, str]:
+    """Environment for a generation actor's process: allocator settings, read when the process starts.
+
+    glibc: with its defaults an actor hands freed activation memory back to the kernel between batches and
+    page-faults it in again on the next one (measured with two 96-row fp32 lanes: 4-6 minor faults and
+    13-17 us of kernel time per image, ~5% of the CPU). Fixed thresholds above one batch's working set keep
+    it in the process, and one arena per lane bounds how many copies of it are kept. End to end on 2 cores:
+    +2-6% images/s in paired runs, actor memory unchanged (docs/benchmarks.md).
+    Arrow: the Parquet writers allocate through glibc too, not pyarrow's default mimalloc pool, which kept
+    freed pages of the raw-pixel writer (measured with 0.3's tensor column: two 10k-image raw shards at a time
+    grew one process by 260 MiB with mimalloc, 170 MiB with the system pool; PNG 160 MiB either way); writer
+    speed the same.
+    """
+    return {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+            "MALLOC_ARENA_MAX": str(max(1, lanes)), "ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
+def check_run_settings(config: RunConfig) -> None:
+    """Raise :class:`SynthgenError` naming the flag for settings no cluster could run.
+
+    Args:
+        config: the run as the CLI or a job file gave it.
+    """
+    check_counts(config.count, config.shard_size)
+    check_seed(config.seed)
+    check_precision(config.precision)
+    if config.format not in FORMATS:
+        raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
+    if config.encoding not in ENCODINGS or (config.format == "png" and config.encoding != "png"):
+        raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "
+                            f"got {config.encoding!r} with --format {config.format}")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.gpus is not None and config.gpus < 0:
+        raise SynthgenError(f"--gpus must be >= 0, got {config.gpus}")
+    if config.workers is not None and config.workers < 1:
+        raise SynthgenError(f"--workers must be >= 1, got {config.workers}")
+    if config.actors_per_gpu < 1:
+        raise SynthgenError(f"--actors-per-gpu must be >= 1, got {config.actors_per_gpu}")
