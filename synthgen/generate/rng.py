@@ -4,7 +4,7 @@ Why our own few lines instead of numpy's ``Generator``: numpy makes no promise t
 stream stays the same across releases, and building one ``Philox`` object per image costs ~13 us. Philox is
 a fixed, published function (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11; the
 Random123 reference), so its output here is the same on any machine, for every numpy release, and on a GPU
-that runs the same rounds. ``tests/test_rng.py`` checks it against Random123's known-answer vectors.
+that runs the same rounds. ``tests/generate/test_rng.py`` checks it against Random123's known-answer vectors.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from synthgen.dataset.verify import verify_dataset
 from synthgen.errors import SynthgenError
 from synthgen.generate.config import RunConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

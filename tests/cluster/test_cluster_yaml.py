@@ -12,7 +12,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from synthgen.cluster.jobrun import load_job_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
