@@ -73,16 +73,7 @@ def run(
             typer.echo(f"interrupted; committed shards are kept in {out}: run the same command again to resume",
                        err=True)
             raise typer.Exit(exit_status(stop)) from None
-    from synthgen.storage import human_bytes
-
-    if not summary.generated:
-        typer.echo(f"nothing to do: {out} already holds all {summary.total} images ({human_bytes(summary.bytes)})")
-        return
-    if summary.actors:
-        typer.echo(summary.describe_actors())
-    made = f"{summary.generated} new" if summary.generated != summary.total else f"{summary.generated}"
-    typer.echo(f"done: {made} images ({summary.total} in the dataset), {human_bytes(summary.bytes)}, "
-               f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {out}")
+    typer.echo(summary.report())
 
 
 @app.command()

@@ -60,14 +60,7 @@ def run_job_file(path: str) -> int:
         print("error: stopped; committed shards are kept: submit the same run again to resume",
               file=sys.stderr, flush=True)
         return 1
-    if not summary.generated:
-        print(f"nothing to do: {config.out} already holds all {summary.total} images", flush=True)
-        return 0
-    if summary.actors:
-        print(summary.describe_actors())
-    print(f"done: {summary.generated} new images ({summary.total} in the dataset), {summary.bytes} bytes, "
-          f"{summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s while generating) -> {config.out}",
-          flush=True)
+    print(summary.report(), flush=True)
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from synthgen import __version__, storage
 from synthgen.errors import SynthgenError
+from synthgen.generate import plan
 
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
@@ -50,7 +51,7 @@ class Manifest:
 
     @property
     def num_shards(self) -> int:
-        return -(-self.job["count"] // self.job["shard_size"])
+        return plan.num_shards(self.job["count"], self.job["shard_size"])
 
     @property
     def complete(self) -> bool:

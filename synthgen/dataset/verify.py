@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from synthgen import storage
 from synthgen.dataset import manifest as mf
 from synthgen.errors import SynthgenError
+from synthgen.generate.plan import shard_spec
 
 _CHUNK = 1 << 20
 
@@ -104,12 +105,13 @@ def _verify(loc: storage.Location, path: str) -> VerifyReport:
                                "re-run the same synthgen run command to finish it")
     count, size = manifest.job["count"], manifest.job["shard_size"]
     for j in range(manifest.num_shards):
+        spec = shard_spec(j, count, size)
         record = manifest.shards.get(j)
         if record is None:
             if manifest.complete:
                 report.problems.append(f"shard {j}: not in the manifest")
             continue
-        if (record.start, record.stop) != (j * size, min((j + 1) * size, count)):
+        if (record.start, record.stop) != (spec.start, spec.stop):
             report.problems.append(f"shard {j}: index range {record.start}..{record.stop} does not match the plan")
         report.problems += check_shard(loc, record, manifest.job["format"])
         report.rows += record.rows

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from synthgen.dataset.format import ENCODINGS, FORMATS, Layout
 from synthgen.errors import SynthgenError
 from synthgen.generate.plan import check_counts, check_precision, check_seed
+from synthgen.storage import human_bytes
 
 
 @dataclass
@@ -66,6 +67,15 @@ class RunSummary:
         lanes = f"x {self.lanes[0]} lane(s)" if uniform else f"with {'+'.join(map(str, self.lanes))} lanes"
         gpus = f" holding GPUs {self.gpu_ids}" if any(self.gpu_ids) else ""
         return f"ran {self.actors} actor(s) {lanes} on {self.device}{gpus}"
+
+    def report(self) -> str:
+        """What a finished run tells its user, the same from the CLI and from a Ray job's entrypoint."""
+        if not self.generated:
+            return f"nothing to do: {self.out} already holds all {self.total} images ({human_bytes(self.bytes)})"
+        made = f"{self.generated} new" if self.generated != self.total else f"{self.generated}"
+        done = (f"done: {made} images ({self.total} in the dataset), {human_bytes(self.bytes)}, "
+                f"{self.seconds:.1f} s ({self.images_per_second:.0f} images/s while generating) -> {self.out}")
+        return f"{self.describe_actors()}\n{done}" if self.actors else done
 
 
 @dataclass(frozen=True)

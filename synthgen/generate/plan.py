@@ -58,6 +58,16 @@ def num_shards(count: int, shard_size: int) -> int:
     return -(-count // shard_size)
 
 
+def shard_spec(shard_id: int, count: int, shard_size: int) -> ShardSpec:
+    """Shard ``shard_id`` of a job: indices [j*K, min((j+1)*K, N))."""
+    return ShardSpec(shard_id, shard_id * shard_size, min((shard_id + 1) * shard_size, count))
+
+
+def shard_of(index: int, shard_size: int) -> int:
+    """The shard that holds image ``index``."""
+    return index // shard_size
+
+
 def plan_shards(count: int, shard_size: int) -> Iterator[ShardSpec]:
     """The shards of a job of ``count`` images, lazily (a million-image job holds no list of them).
 
@@ -70,7 +80,7 @@ def plan_shards(count: int, shard_size: int) -> Iterator[ShardSpec]:
     """
     check_counts(count, shard_size)
     for j in range(num_shards(count, shard_size)):
-        yield ShardSpec(j, j * shard_size, min((j + 1) * shard_size, count))
+        yield shard_spec(j, count, shard_size)
 
 
 def check_counts(count: int, shard_size: int) -> None:

@@ -13,7 +13,7 @@ from synthgen.dataset import manifest as mf
 from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.generate.inference_form import prepare_model
-from synthgen.generate.plan import LabelPlan, image_seeds
+from synthgen.generate.plan import LabelPlan, image_seeds, shard_of
 from synthgen.generate.sampling import generate
 from synthgen.imaging import decode_png, encode_png, png_settings
 
@@ -48,7 +48,7 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     job = manifest.job
     if not 0 <= index < job["count"]:
         raise SynthgenError(f"--index must be between 0 and {job['count'] - 1}, got {index}")
-    record = manifest.shards.get(index // job["shard_size"])
+    record = manifest.shards.get(shard_of(index, job["shard_size"]))
     if record is None:
         raise SynthgenError(f"--index {index}: its shard is not committed yet; finish the run first")
     ckpt = load_checkpoint(model or manifest.model["source"])

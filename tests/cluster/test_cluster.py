@@ -97,7 +97,7 @@ def test_submit_follow_verify_and_jobs_commands(ray_cluster, tiny_checkpoint, tm
     done = cli(*run_args(ray_cluster, tiny_checkpoint, out, 400, 100), env=ray_cluster.env)
     assert done.returncode == 0, done.stderr
     job_id = job_id_of(done.stdout)
-    assert "done: 400 new images (400 in the dataset)" in done.stdout  # the job's own log, streamed
+    assert "done: 400 images (400 in the dataset)" in done.stdout  # the job's own log, streamed
     assert f"job {job_id} succeeded" in done.stderr
     report = verify_dataset(str(out))
     assert report.ok and report.rows == 400
@@ -113,7 +113,7 @@ def test_submit_follow_verify_and_jobs_commands(ray_cluster, tiny_checkpoint, tm
     assert status.returncode == 0 and f"{job_id}: SUCCEEDED" in status.stdout
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.url}
     logs = cli("jobs", "logs", job_id, env=env)
-    assert logs.returncode == 0 and "done: 400 new images" in logs.stdout
+    assert logs.returncode == 0 and "done: 400 images" in logs.stdout
 
     # A damaged shard, then the same command through RAY_ADDRESS with --detach, followed by jobs logs:
     # the job resumes the dataset and redoes only that shard.
@@ -184,7 +184,7 @@ def test_ray_job_submit_by_hand(ray_cluster, tiny_checkpoint, tmp_path):
                            "--", "python", "jobs/generate.py", "--config", "job.json"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "done: 200 new images" in done.stdout
+    assert "done: 200 images" in done.stdout
     assert verify_dataset(str(out)).ok
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from synthgen.errors import SynthgenError
-from synthgen.generate.plan import image_seeds, parse_label_plan, plan_shards
+from synthgen.generate.plan import image_seeds, num_shards, parse_label_plan, plan_shards, shard_of, shard_spec
 
 CLASSES = ["malignant", "normal"]
 
@@ -16,6 +16,15 @@ def test_shards_cover_every_index_exactly_once(count, size):
     np.testing.assert_array_equal(covered, np.arange(count))
     assert [s.shard_id for s in shards] == list(range(len(shards)))
     assert all(0 < s.count <= size for s in shards)
+
+
+@pytest.mark.parametrize("count,size", [(1, 1), (10, 3), (1001, 1000), (12345, 97)])
+def test_one_shard_and_an_index_shard_agree_with_the_plan(count, size):
+    shards = list(plan_shards(count, size))
+    assert num_shards(count, size) == len(shards)
+    assert [shard_spec(s.shard_id, count, size) for s in shards] == shards
+    for i in (0, count // 2, count - 1):
+        assert shards[shard_of(i, size)].start <= i < shards[shard_of(i, size)].stop
 
 
 def test_seeds_do_not_depend_on_shard_size():
