@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from synthgen.errors import SynthgenError
-from synthgen.readers import ImageSet, load_images
+from synthgen.readers import ImageSet, are_placeholder_names, load_images
 
 Transform = Callable[[Image.Image], Any]
 
@@ -97,14 +97,10 @@ class MixedDataset(Dataset):
 def _check_same_classes(real: Dataset, synthetic: Dataset) -> None:
     a, b = getattr(real, "class_names", None), getattr(synthetic, "class_names", None)
     # names "0", "1", ... are a reader's placeholders (data without names): they match by position only
-    named = a and b and not _placeholder(a) and not _placeholder(b)
+    named = a and b and not are_placeholder_names(a) and not are_placeholder_names(b)
     if a and b and (len(a) != len(b) or (named and list(a) != list(b))):
         raise SynthgenError(f"mix: real data has classes {', '.join(a)} but the synthetic data has "
                             f"{', '.join(b)}; labels would not mean the same thing")
-
-
-def _placeholder(names: list[str]) -> bool:
-    return list(names) == [str(i) for i in range(len(names))]
 
 
 def mix(real: Dataset, synthetic: Dataset, synthetic_fraction: float = 0.5, length: int | None = None,

@@ -24,13 +24,12 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from synthgen import storage
-from synthgen.dataset.format import Layout, raw_pixels
+from synthgen.dataset.format import UNLABELED, UNLABELED_NAME, Layout, raw_pixels
 from synthgen.errors import SynthgenError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
-UNLABELED = -1  # the label synthgen writes for images of an unconditional model
 
 
 @dataclass
@@ -143,11 +142,20 @@ def _flat_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def placeholder_names(count: int) -> list[str]:
+    """The class names of data that has none: "0", "1", ...; they match other names by position only."""
+    return [str(i) for i in range(count)]
+
+
+def are_placeholder_names(names: list[str] | tuple[str, ...]) -> bool:
+    return list(names) == placeholder_names(len(names))
+
+
 def _class_names(names: list[str] | None, labels: np.ndarray, source: str) -> list[str]:
     """The given names (checked against the labels), or "0", "1", ... up to the largest label."""
     top = int(labels.max()) + 1 if len(labels) else 1
     if names is None:
-        return [str(i) for i in range(top)]
+        return placeholder_names(top)
     if len(names) < top:
         raise SynthgenError(f"{source}: labels go up to {top - 1} but only {len(names)} class names are given")
     return names
@@ -209,7 +217,7 @@ def _read_parquet(loc: storage.Location, paths: list[str],
         raise SynthgenError(f"{loc.uri}: zero images in {len(paths)} Parquet file(s)")
     label_arr = np.concatenate(labels)
     if (label_arr == UNLABELED).all():  # a synthgen dataset from an unconditional model: one class
-        label_arr, names = np.zeros_like(label_arr), ["unlabeled"]
+        label_arr, names = np.zeros_like(label_arr), [UNLABELED_NAME]
     sha = _sha256(first_bytes[paths[0]]) if first_bytes else h.hexdigest()
     return ImageSet(_stack(arrays), label_arr, _class_names(names, label_arr, loc.uri), sha, loc.uri)
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from synthgen.errors import SynthgenError
-from synthgen.readers import load_images
+from synthgen.readers import are_placeholder_names, load_images, placeholder_names
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -62,6 +62,13 @@ def test_npz_class_names_key(tmp_path: Path, breast_npz: str) -> None:
     data = load_images(str(path))
     assert data.class_names == ["malignant", "normal"]
     assert np.array_equal(data.images[..., 0], images) and np.array_equal(data.labels, labels)
+
+
+def test_data_without_names_gets_the_placeholders_that_mixing_and_eval_match_by_position(breast_npz: str) -> None:
+    unnamed = load_images(breast_npz).class_names
+    assert unnamed == placeholder_names(2) == ["0", "1"]
+    assert are_placeholder_names(unnamed) and not are_placeholder_names(["malignant", "normal"])
+    assert not are_placeholder_names(["1", "0"])
 
 
 def test_folder_of_class_subfolders(tmp_path: Path, breast_npz: str) -> None:

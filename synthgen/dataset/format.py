@@ -23,7 +23,8 @@ PARQUET_COMPRESSION = "zstd"
 FORMATS = ("parquet", "png")
 ENCODINGS = ("png", "raw")
 RAW_LAYOUT = "fixed_size_binary"  # recorded in the manifest: "fixed_shape_tensor" before synthgen 0.4.0
-UNLABELED = "unlabeled"
+UNLABELED = -1  # the label column of every image of an unconditional model
+UNLABELED_NAME = "unlabeled"  # the class name (and PNG folder) of those images
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Layout:
     file_metadata: dict[str, Any] = field(default_factory=dict)  # job identity + model, in each Parquet file
 
     def class_dir(self, label: int) -> str:
-        name = self.class_names[label] if 0 <= label < len(self.class_names) else UNLABELED
+        name = self.class_names[label] if 0 <= label < len(self.class_names) else UNLABELED_NAME
         return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 

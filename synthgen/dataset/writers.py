@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from synthgen import storage
 from synthgen.dataset.format import (
     PARQUET_COMPRESSION,
-    UNLABELED,
+    UNLABELED_NAME,
     Layout,
     hf_features,
     image_file,
@@ -130,7 +130,7 @@ class ShardWriter:
         self._parquet.close()
         self._atomic.__exit__(None, None, None)
         file_bytes = self._hashing.size
-        names = self.layout.class_names or (UNLABELED,)
+        names = self.layout.class_names or (UNLABELED_NAME,)
         counts = {name: int(n) for name, n in zip(names, self.counts) if n}
         extra = 0 if self.layout.format == "parquet" else self.image_bytes
         return ShardRecord(self.spec.shard_id, shard_file(self.layout, self.spec.shard_id), self.spec.start,

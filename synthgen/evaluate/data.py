@@ -8,9 +8,10 @@ import numpy as np
 
 from synthgen import storage
 from synthgen.data import SyntheticImageDataset
+from synthgen.dataset.format import UNLABELED
 from synthgen.errors import SynthgenError
 from synthgen.evaluate.config import EvalConfig
-from synthgen.readers import ImageSet, load_images
+from synthgen.readers import ImageSet, are_placeholder_names, load_images
 
 HOLDOUT = 0.2  # share of --real held out as test data when it has no test split
 
@@ -49,9 +50,10 @@ def load_eval_data(config: EvalConfig) -> EvalData:
     images, labels, index = dataset.arrays(take)
     h, w, c = images.shape[1:]
     _check_shape(train, (c, h, w), config.real)  # a dataset without manifest: known only now
-    labels = mapping[labels] if mapping is not None else np.full(len(labels), -1)
+    labels = mapping[labels] if mapping is not None else np.full(len(labels), UNLABELED)
     manifest = dataset.info.manifest
-    names = dataset.class_names if mapping is not None and _numeric(train.class_names) else train.class_names
+    unnamed_real = mapping is not None and are_placeholder_names(train.class_names)
+    names = dataset.class_names if unnamed_real else train.class_names
     return EvalData(train, train_rows, test, test_split, images, labels, index, len(dataset),
                     manifest.model.get("fingerprint", "") if manifest else "", list(names))
 
@@ -105,12 +107,7 @@ def class_mapping(real: list[str], synthetic: list[str], source: str) -> np.ndar
         return None
     if sorted(real) == sorted(synthetic):
         return np.array([real.index(name) for name in synthetic])
-    if len(real) == len(synthetic) and (_numeric(real) or _numeric(synthetic)):
+    if len(real) == len(synthetic) and (are_placeholder_names(real) or are_placeholder_names(synthetic)):
         return np.arange(len(synthetic))
     raise SynthgenError(f"{source}: classes {', '.join(real)} do not match the synthetic dataset's "
                         f"{', '.join(synthetic)}; evaluate against the data the model learned")
-
-
-def _numeric(names: list[str]) -> bool:
-    """True for the placeholder names readers give data without class names."""
-    return names == [str(i) for i in range(len(names))]

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from synthgen.dataset.format import UNLABELED
 from synthgen.errors import SynthgenError
 from synthgen.generate.rng import philox4x32, split64
 
@@ -129,7 +130,7 @@ class LabelPlan:
         """int64 class of each index; -1 for an unconditional model."""
         idx = np.asarray(indices, dtype=np.int64)
         if self.kind == "none":
-            return np.full(idx.shape, -1, dtype=np.int64)
+            return np.full(idx.shape, UNLABELED, dtype=np.int64)
         if self.kind == "balanced":
             return idx % len(self.class_names)
         if self.kind == "single":

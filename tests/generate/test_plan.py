@@ -27,6 +27,12 @@ def test_one_shard_and_an_index_shard_agree_with_the_plan(count, size):
         assert shards[shard_of(i, size)].start <= i < shards[shard_of(i, size)].stop
 
 
+def test_an_unconditional_plan_gives_the_label_the_format_and_readers_mean_by_unlabeled():
+    from synthgen.dataset.format import UNLABELED
+
+    assert parse_label_plan(None, []).labels(np.arange(3)).tolist() == [UNLABELED] * 3
+
+
 def test_seeds_do_not_depend_on_shard_size():
     whole = image_seeds(7, np.arange(5000))
     for size in (1, 64, 999):
