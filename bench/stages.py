@@ -63,7 +63,7 @@ def actor_rate(model_dir: str, count: int, rows_only: bool = False, *, device: s
     out = tempfile.mkdtemp(prefix="synthgen-stages-")
     channels, height, width = ckpt.image_shape
     layout = Layout("parquet", tuple(ckpt.class_names), image_shape=(height, width, channels))
-    config = WorkerConfig(model_dir, fingerprint, out, layout, seed=5, device=device, threads=lanes,
+    config = WorkerConfig(model_dir, fingerprint, out, layout, seed=5, device=device, lanes=lanes,
                           precision=precision, labels=parse_label_plan(None, ckpt.class_names).to_json())
     generator = ShardGenerator(config)
     specs = [ShardSpec(i, i * shard, (i + 1) * shard) for i in range(count // shard)]

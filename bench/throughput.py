@@ -84,7 +84,7 @@ def raw_rate(model, latent_dim: int, classes: int, count: int, batch: int, preci
 
 def raw_run(args, precision: str, lanes: int, count: int) -> dict:
     """One raw measurement as a result row, in a fresh process: glibc reads its allocator settings only at
-    start-up, and the limit should run with the ones synthgen's actors get (worker_config.allocator_env);
+    start-up, and the limit should run with the ones synthgen's actors get (generate.config.allocator_env);
     with glibc's defaults a 256-row forward page-faults its activations in again on every batch."""
     cmd = [sys.executable, os.path.abspath(__file__), "--raw-once", precision, str(lanes), "--raw-count",
            str(count), "--batch-size", str(args.batch_size)] + (["--model", args.model] if args.model else [])

@@ -8,7 +8,7 @@ gives the file names, each image is one small read.
 
 Every dataset yields ``(image, label)`` as :mod:`synthgen.mixing` describes. Filesystems are opened lazily
 and dropped on pickling, so each DataLoader worker opens its own. No Ray here (the engine is the only
-package that imports it). ``RealImageDataset``, ``MixedDataset`` and ``mix`` are importable from here too.
+package that imports it). ``RealImageDataset`` and ``mix`` are importable from here too.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from synthgen.dataset import manifest as mf
 from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, to_pil
-from synthgen.mixing import MixedDataset, RealImageDataset, Transform, mix, to_tensor  # noqa: F401 (re-exported)
+from synthgen.mixing import RealImageDataset, Transform, mix, to_tensor  # noqa: F401 (README: import from here)
 
 
 @dataclass

@@ -3,8 +3,8 @@ and raw pixels.
 
 Parquet shards store each image either as PNG bytes (``encoding="png"``, Hugging Face's Image struct) or as
 raw uint8 pixels (``encoding="raw"``): one ``fixed_size_binary`` value of H*W*C bytes per row, row-major
-(H, W, C), the shape in the column's field metadata (:func:`raw_pixels` reads it back, and also reads the
-``fixed_shape_tensor`` column of synthgen 0.2-0.3; docs/benchmarks.md says why it changed).
+(H, W, C), the shape in the column's field metadata (the older layout :func:`raw_pixels` also reads:
+docs/design.md).
 """
 
 from __future__ import annotations

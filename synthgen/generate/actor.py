@@ -1,15 +1,8 @@
 """The generation actor's body, a plain callable: load the model once, turn shard specs into shards.
 
-Ray wraps this class in :mod:`synthgen.generate.engine`; tests call it directly, without Ray (as in Ray's
-batch-inference pattern). Inside one actor, ``lanes`` threads each take a whole batch through noise ->
-generator -> PNG encoding; torch releases the GIL in the forward pass, so lanes run on separate cores. On a CPU
-each lane's forward pass runs on one torch thread: measured on 2 cores, two 1-thread lanes in one process
-made 7.7k bf16 images/s where one 2-thread forward made 7.0k (OpenMP threads wait on each other whenever
-another process takes a core), and one process instead of two saves the ~300 MiB that each extra copy of
-torch costs. On a GPU one lane at a time holds the device while the others copy and encode. Rows reach
-the writer in index order, and each shard in progress holds at most ``lanes + 1`` batches, so memory stays
-flat whatever the shard size. Calls may overlap (the engine hands an actor two shards at once, so lanes do
-not idle while one drains and commits): the model is only read, and each call has its own writer.
+Ray wraps it in :mod:`synthgen.generate.engine.pool`; tests call it without Ray. ``lanes`` threads in one
+process each take whole batches through noise -> generator -> encoder (why lanes, not processes or torch
+threads, with the measurements: docs/design.md).
 """
 
 from __future__ import annotations
@@ -64,7 +57,7 @@ class ShardGenerator:
         self.config = config
         self.device = pick_device(config.device)
         on_gpu = self.device.startswith("cuda")
-        self.lanes = config.threads or len(os.sched_getaffinity(0))
+        self.lanes = config.lanes or len(os.sched_getaffinity(0))
         if not on_gpu:
             torch.set_num_threads(1)  # parallelism comes from the lanes, one core each
         make_deterministic(self.device)

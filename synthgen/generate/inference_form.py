@@ -1,22 +1,8 @@
 """The form a loaded generator is sampled in: the same function, rearranged to run faster.
 
-Three rewrites, each measured on the bundled DCGAN with one CPU thread per forward pass (bf16 / fp32):
-  - convolution weights in channels-last layout: ConvTranspose kernels 20% / 15% faster than NCHW;
-  - each BatchNorm folded into the Linear or convolution before it (torch's fusion helpers): 6% / 6%;
-  - a stride-2 ConvTranspose2d with at most 4 output channels (the image layer) computed as a 3x3 Conv2d
-    with 4x the channels followed by a pixel shuffle, the "sub-pixel" form of the same operator: the image
-    layer 2.5x / 3.4x faster (oneDNN's transposed-convolution kernel is slow for 1-3 output channels; for
-    wide layers the direct kernel stays faster, hence the limit).
-Each changes which kernels run and so moves a few pixels by one level: ``plan.INFERENCE_FORM`` names the
-form in every manifest, and "plain" (the model as loaded) reproduces datasets of synthgen 0.1.0.
-
-Three more change no pixel, only where values live (bundled model, fp32, two 1-thread lanes, interleaved
-pairs: the raw forward 13.7k -> 14.5k images/s for the first two, +1-4% more for the third):
-  - a Linear whose output an ``Unflatten`` turns into a feature map computes its features in (H, W, C)
-    order, so the map arrives channels-last and the convolution after it needs no layout copy (each output
-    is the same dot product; only the rows of the weight are reordered);
-  - an activation right after a layer that makes a new tensor runs in place (no autograd at inference);
-  - the sub-pixel layer's shuffle is one permuting copy instead of torch's channels-last pixel_shuffle.
+Channels-last weights, BatchNorms folded, the thin image layer as a sub-pixel convolution (these move a few
+pixels by one level, so ``plan.INFERENCE_FORM`` names the form in every manifest), plus three rewrites that
+move no pixel. What each one gains, measured: docs/design.md.
 """
 
 from __future__ import annotations

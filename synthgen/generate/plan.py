@@ -142,11 +142,6 @@ class LabelPlan:
         cumulative = np.cumsum(self.weights)[:-1]
         return np.array([min(int(c * 2.0**64), 2**64 - 1) for c in cumulative], dtype=np.uint64)
 
-    def describe(self) -> str:
-        if self.kind in ("none", "balanced"):
-            return self.kind
-        return ",".join(f"{n}={w:g}" for n, w in zip(self.class_names, self.weights) if w > 0)
-
     def to_json(self) -> dict:
         return {"kind": self.kind, "class_names": list(self.class_names), "weights": list(self.weights)}
 

@@ -22,8 +22,6 @@ from synthgen.models.vae import VAE, VAEConfig
 
 GeneratorFactory = Callable[[dict[str, Any]], nn.Module]
 
-CONFIG_CLASSES: dict[str, type] = {"dcgan": DCGANConfig, "vae": VAEConfig}
-
 _FACTORIES: dict[str, GeneratorFactory] = {
     "dcgan": lambda cfg: DCGANGenerator(DCGANConfig(**cfg)),
     "vae": lambda cfg: VAE(VAEConfig(**cfg)).decoder,
@@ -80,6 +78,6 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "CONFIG_CLASSES", "DCGANConfig", "DCGANDiscriminator", "DCGANGenerator", "VAE", "VAEConfig",
+    "DCGANConfig", "DCGANDiscriminator", "DCGANGenerator", "VAE", "VAEConfig",
     "build_generator", "config_to_dict", "known_architectures", "register",
 ]

@@ -45,8 +45,8 @@ SPEC = ShardSpec(shard_id=0, start=0, stop=1000)
 @pytest.mark.parametrize("encoding", ["png", "raw"])
 def test_bytes_do_not_depend_on_lanes_or_batch_size(tmp_path, tiny_checkpoint, precision, encoding):
     digests = {}
-    for name, kw in {"1lane-b256": dict(threads=1, batch_size=256), "3lanes-b64": dict(threads=3, batch_size=64),
-                     "2lanes-b333": dict(threads=2, batch_size=333)}.items():
+    for name, kw in {"1lane-b256": dict(lanes=1, batch_size=256), "3lanes-b64": dict(lanes=3, batch_size=64),
+                     "2lanes-b333": dict(lanes=2, batch_size=333)}.items():
         record = worker(tmp_path, tiny_checkpoint, name, encoding=encoding, precision=precision, **kw)(SPEC)
         assert record.rows == 1000
         indices, images = shard_images(tmp_path, name)
@@ -57,8 +57,8 @@ def test_bytes_do_not_depend_on_lanes_or_batch_size(tmp_path, tiny_checkpoint, p
 
 
 def test_raw_and_png_hold_the_same_pixels(tmp_path, tiny_checkpoint):
-    worker(tmp_path, tiny_checkpoint, "png", threads=2)(SPEC)
-    worker(tmp_path, tiny_checkpoint, "raw", encoding="raw", threads=1, batch_size=100)(SPEC)
+    worker(tmp_path, tiny_checkpoint, "png", lanes=2)(SPEC)
+    worker(tmp_path, tiny_checkpoint, "raw", encoding="raw", lanes=1, batch_size=100)(SPEC)
     _, pngs = shard_images(tmp_path, "png")
     _, raws = shard_images(tmp_path, "raw")
     for png, raw in zip(pngs, raws):
@@ -68,7 +68,7 @@ def test_raw_and_png_hold_the_same_pixels(tmp_path, tiny_checkpoint):
 def test_lanes_run_concurrently(tmp_path, tiny_checkpoint, monkeypatch):
     import synthgen.generate.actor as worker_module
 
-    gen = worker(tmp_path, tiny_checkpoint, "lanes", threads=2, batch_size=64)
+    gen = worker(tmp_path, tiny_checkpoint, "lanes", lanes=2, batch_size=64)
     active, peak, lock = [0], [0], threading.Lock()
     real_generate = worker_module.generate
 
@@ -97,9 +97,9 @@ def test_default_batch_shrinks_for_larger_images():
 def test_overlapping_calls_write_the_same_shards(tmp_path, tiny_checkpoint):
     """The engine hands an actor two shards at once; they share the lanes and must not mix."""
     specs = [ShardSpec(0, 0, 500), ShardSpec(1, 500, 1000)]
-    sequential = worker(tmp_path, tiny_checkpoint, "seq", threads=2, batch_size=64)
+    sequential = worker(tmp_path, tiny_checkpoint, "seq", lanes=2, batch_size=64)
     expected = [sequential(spec).sha256 for spec in specs]
-    overlapping = worker(tmp_path, tiny_checkpoint, "par", threads=2, batch_size=64)
+    overlapping = worker(tmp_path, tiny_checkpoint, "par", lanes=2, batch_size=64)
     with ThreadPoolExecutor(2) as calls:
         records = list(calls.map(overlapping, specs))
     assert [r.sha256 for r in records] == expected

@@ -23,7 +23,8 @@ import pytest
 from synthgen.dataset.format import raw_pixels
 from synthgen.dataset.verify import verify_dataset
 from synthgen.generate.config import RunConfig
-from synthgen.generate.engine import run, split_lanes
+from synthgen.generate.engine import run
+from synthgen.generate.engine.placement import split_lanes
 from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_settings
 
 

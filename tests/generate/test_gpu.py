@@ -37,6 +37,6 @@ def test_cuda_fp32_is_close_to_cpu(tiny_checkpoint):
 def test_cuda_shards_do_not_depend_on_lanes(tmp_path, tiny_checkpoint, precision):
     from test_worker import SPEC, worker
 
-    records = [worker(tmp_path, tiny_checkpoint, f"lanes{n}", device="cuda", threads=n, batch_size=b,
+    records = [worker(tmp_path, tiny_checkpoint, f"lanes{n}", device="cuda", lanes=n, batch_size=b,
                       precision=precision)(SPEC) for n, b in ((1, 2048), (4, 100))]
     assert records[0].sha256 == records[1].sha256

@@ -60,7 +60,7 @@ class ActorPool:
         self.in_flight: dict = {}
 
     def _new_actor(self, shape: ActorShape):
-        worker = WorkerConfig(**{**self.worker.__dict__, "threads": shape.lanes})
+        worker = WorkerConfig(**{**self.worker.__dict__, "lanes": shape.lanes})
         actor = self.remote_cls.options(**shape.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
                                         max_restarts=self.config.max_retries,
                                         max_task_retries=self.config.max_retries,
