@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthgen import __version__, storage
+from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
 from synthgen.errors import SynthgenError
 from synthgen.generate import plan
+from synthgen.imaging import png_encoder_name, png_settings
+
+if TYPE_CHECKING:
+    from synthgen.checkpoint import CheckpointConfig
+    from synthgen.generate.config import RunConfig
 
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
@@ -63,6 +69,12 @@ class Manifest:
             job["raw_layout"] = "fixed_shape_tensor" if job.get("encoding") == "raw" else None
         return {**{k: job[k] for k in IDENTITY_FIELDS}, "model_fingerprint": self.model["fingerprint"]}
 
+    def file_stamp(self) -> dict[str, Any]:
+        """What every Parquet file of the dataset carries: only what decides the bytes (no paths, which differ
+        between machines, and nothing recorded after the run started)."""
+        model = {k: self.model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}
+        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS}, "model": model}
+
     def rows_done(self) -> int:
         return sum(r.rows for r in self.shards.values())
 
@@ -97,6 +109,28 @@ class Manifest:
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             detail = f"no {err} field" if isinstance(err, KeyError) else err
             raise SynthgenError(f"{source}: not a valid synthgen manifest ({detail})") from None
+
+
+def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: str, source: str,
+                 labels: plan.LabelPlan) -> Manifest:
+    """The manifest a new dataset starts with: its identity (IDENTITY_FIELDS) from the run's settings and the
+    choices of the modules that make the bytes (inference form, PNG encoder, Parquet compression, raw layout).
+
+    Args:
+        config: the run's settings, already checked.
+        checkpoint, fingerprint: the model's config and fingerprint (checkpoint.inspect_checkpoint).
+        source: how the manifest names the model (engine.model_reference).
+        labels: the parsed label plan.
+    """
+    png = config.encoding == "png"
+    job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
+           "encoding": config.encoding, "precision": config.precision, "inference_form": plan.INFERENCE_FORM,
+           "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
+           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": None if png else RAW_LAYOUT}
+    model = {"source": source, "fingerprint": fingerprint, "arch": checkpoint.arch,
+             "image_shape": checkpoint.image_shape, "latent_dim": checkpoint.latent_dim,
+             "class_names": checkpoint.class_names, "training": checkpoint.training}
+    return Manifest(job, model)
 
 
 def _check_job(job: dict[str, Any]) -> None:

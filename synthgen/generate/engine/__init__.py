@@ -20,14 +20,12 @@ from synthgen import storage
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.dataset import manifest as mf
 from synthgen.dataset.capacity import SpaceCheck
-from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT, Layout
+from synthgen.dataset.format import Layout
 from synthgen.dataset.output import finish_output, output_lock, plan_output, write_output
 from synthgen.generate.config import RunConfig, RunSummary, WorkerConfig, check_run_settings
-from synthgen.generate.engine.placement import split_lanes  # noqa: F401 (part of the engine's interface)
 from synthgen.generate.engine.pool import ActorPool
 from synthgen.generate.engine.session import ray_session
-from synthgen.generate.plan import INFERENCE_FORM, parse_label_plan, plan_shards
-from synthgen.imaging import png_encoder_name, png_settings
+from synthgen.generate.plan import parse_label_plan, plan_shards
 
 MANIFEST_SAVE_INTERVAL_S = 1.0
 
@@ -67,21 +65,11 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
     check_run_settings(config)
     ckpt, fingerprint = inspect_checkpoint(config.model)  # the actors build the model; the driver needs no torch
     source = model_reference(config.model)
-    plan = parse_label_plan(config.labels, ckpt.class_names)
-    job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
-           "encoding": config.encoding, "precision": config.precision, "inference_form": INFERENCE_FORM,
-           "labels": plan.to_json(),
-           "png_encoder": png_encoder_name(png_settings(config.format)) if config.encoding == "png" else None,
-           "parquet_compression": PARQUET_COMPRESSION,
-           "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None}
-    model = {"source": source, "fingerprint": fingerprint, "arch": ckpt.arch, "image_shape": ckpt.image_shape,
-             "latent_dim": ckpt.latent_dim, "class_names": ckpt.class_names, "training": ckpt.training}
+    fresh = mf.new_manifest(config, ckpt, fingerprint, source, parse_label_plan(config.labels, ckpt.class_names))
     c, h, w = ckpt.image_shape
-    # Only what decides the bytes goes into every Parquet file: not paths, which differ between machines.
-    stamp = {"job": job, "model": {k: model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}}
     layout = Layout(config.format, tuple(ckpt.class_names), encoding=config.encoding,
-                    image_shape=(h, w, c), file_metadata=stamp)
-    return mf.Manifest(job, model), layout, source
+                    image_shape=(h, w, c), file_metadata=fresh.file_stamp())
+    return fresh, layout, source
 
 
 def model_reference(model: str | None) -> str:
