@@ -89,6 +89,11 @@ def verify(
     counts = ", ".join(f"{k}={v}" for k, v in report.class_counts.items())
     typer.echo(f"{path}: {report.rows} rows in {report.shards} shards, {human_bytes(report.bytes)}"
                + (f" ({counts})" if counts else ""))
+    for stray in report.strays:
+        typer.echo(f"stray: {stray} (not part of the dataset)", err=True)
+    if report.strays:
+        typer.echo("note: synthgen's .tmp-* files are removed by the next run of the same command; the other "
+                   "strays are not synthgen's: move them out of the dataset", err=True)
     if not report.ok:
         for problem in report.problems:
             typer.echo(f"problem: {problem}", err=True)

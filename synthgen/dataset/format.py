@@ -53,6 +53,7 @@ def image_file(layout: Layout, index: int, label: int) -> str:
     return f"images/{layout.class_dir(label)}/{index:09d}.png"
 
 
+FOLDERS = ("data", "meta", "images")  # where shard_file and image_file put files; the root holds only our own
 # Every name shard_file and image_file can produce, relative to the dataset root (ids and indices may outgrow
 # their zero padding).
 _WRITTEN_FILE = re.compile(r"(data|meta)/shard-\d{5,}\.parquet|images/[^/]+/\d{9,}\.png")

@@ -16,15 +16,12 @@ import pyarrow.fs as pafs
 from synthgen import storage
 from synthgen.dataset import manifest as mf
 from synthgen.dataset.format import is_written_file
-from synthgen.dataset.verify import check_shard
+from synthgen.dataset.verify import check_shard, folder_files
 from synthgen.dataset.writers import write_png_metadata
 from synthgen.errors import SynthgenError
 
 OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
 LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
-# Folders whose files --overwrite deletes: only names synthgen writes there (format.is_written_file); anything
-# else inside is the user's, and --overwrite refuses rather than delete it with the folder.
-OUR_FOLDERS = ("data", "meta", "images")
 
 
 @contextlib.contextmanager
@@ -136,6 +133,8 @@ def finish_output(loc: storage.Location, manifest: mf.Manifest) -> None:
     manifest.status = "complete"
     mf.write_card(loc, manifest)
     mf.save(loc, manifest)
+    # an actor killed mid-shard during this run left its temporary; no actor writes once every shard is in
+    _remove_stale_temporaries(loc)
 
 
 def _plan(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> tuple[mf.Manifest, bool]:
@@ -187,16 +186,10 @@ def _subdirs(loc: storage.Location) -> list[str]:
 
 
 def _foreign_inner_files(loc: storage.Location) -> list[str]:
-    """Files under data/, meta/ and images/ (relative to the root) that no synthgen run writes there."""
-    foreign = []
-    for folder in OUR_FOLDERS:
-        root = loc.join(folder)
-        if storage.is_dir(loc, root):
-            rel_paths = (folder + "/" + path[len(root):].lstrip("/")
-                         for path in storage.list_files(loc, root, recursive=True))
-            foreign += [rel for rel in rel_paths if not is_written_file(rel)
-                        and not rel.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX)]
-    return foreign
+    """Files under data/, meta/ and images/ (relative to the root) that no synthgen run writes there: --overwrite
+    deletes those folders, and refuses rather than delete a file of the user's with them."""
+    return [rel for rel in folder_files(loc)
+            if not is_written_file(rel) and not rel.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX)]
 
 
 def _is_ours(name: str) -> bool:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
+from synthgen.dataset.format import FOLDERS, is_written_file
 from synthgen.errors import SynthgenError
 from synthgen.generate.plan import shard_spec
 
@@ -29,6 +30,7 @@ class VerifyReport:
     bytes: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    strays: list[str] = field(default_factory=list)  # files in the dataset's folders that are not part of it
 
     @property
     def ok(self) -> bool:
@@ -119,4 +121,24 @@ def _verify(loc: storage.Location, path: str) -> VerifyReport:
         report.shards += 1
     if manifest.complete and report.rows != count:
         report.problems.append(f"{report.rows} rows in the shards, the job asked for {count}")
+    report.strays = stray_files(loc, manifest)
     return report
+
+
+def folder_files(loc: storage.Location) -> list[str]:
+    """Every file under the dataset's folders (data/, meta/, images/), relative to its root."""
+    files = []
+    for folder in FOLDERS:
+        root = loc.join(folder)
+        if storage.is_dir(loc, root):
+            files += [folder + "/" + path[len(root):].lstrip("/") for path in storage.list_files(loc, root, True)]
+    return files
+
+
+def stray_files(loc: storage.Location, manifest: mf.Manifest) -> list[str]:
+    """Files in the dataset's folders that are not part of it: temporaries of a writer that was killed, files
+    synthgen never writes, and (once complete) shard files the manifest does not list."""
+    committed = {record.file for record in manifest.shards.values()}
+    return [rel for rel in folder_files(loc)
+            if rel.rsplit("/", 1)[-1].startswith(storage.TMP_PREFIX) or not is_written_file(rel)
+            or (manifest.complete and not rel.startswith("images/") and rel not in committed)]
