@@ -13,6 +13,7 @@ import ray
 from synthgen.errors import SynthgenError, restore_handlers, stop_on_signals
 
 GCS_CONNECT_TIMEOUT_S = 10.0
+PROBE_WAIT_S = 2.0  # for a server's first bytes: a GCS sends its HTTP/2 settings at once
 
 
 class ray_session:
@@ -93,10 +94,45 @@ def _check_reachable(address: str, where: str) -> None:
     resolved = _resolved(address)
     if not resolved:
         return  # "auto" with no cluster: ray.init says so itself
+    # as typed too: Ray turns 127.0.0.1 into this node's IP, where a dashboard on loopback does not answer
+    for probed in dict.fromkeys((address, resolved)):
+        other = _what_answers(probed)
+        if other:  # ray.init would retry it for minutes, printing gRPC warnings to the terminal
+            raise SynthgenError(f"{where}: {other} answers at {probed}, not a Ray GCS; to submit the run as a "
+                                f"Ray job use http://{address}, or give the cluster's GCS port (6379 unless "
+                                "`ray start --port` chose another) to join it from here") from None
     reason = _unreachable(resolved)
     if reason:
         raise SynthgenError(f"cannot reach {where}: nothing answers at {resolved} ({reason}); is the cluster's "
                             "head running (`ray start --head`, `ray up`)?") from None
+
+
+def _what_answers(address: str) -> str | None:
+    """What listens at ``address`` (host:port) when it is surely not a Ray GCS, e.g. "an HTTP server"; None
+    for a GCS, or anything this cannot tell (such as a TLS port): ``ray.init`` then judges it."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=GCS_CONNECT_TIMEOUT_S) as conn:
+            first = _first_bytes(conn)
+            if len(first) >= 4 and first[3] == 0x04:  # an HTTP/2 SETTINGS frame: the gRPC server's preface
+                return None
+            if first:
+                return f"a server that is not Ray's (its first bytes: {first[:32]!r})"
+            conn.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+            reply = _first_bytes(conn)
+    except (OSError, ValueError):
+        return None
+    status = reply.split(b"\r\n", 1)[0].decode("latin-1")
+    return f"an HTTP server ({status})" if status.startswith("HTTP/") else None
+
+
+def _first_bytes(conn: socket.socket) -> bytes:
+    """What the peer sends within PROBE_WAIT_S (at most 64 bytes); b"" when it sends nothing or closes."""
+    conn.settimeout(PROBE_WAIT_S)
+    try:
+        return conn.recv(64)
+    except (socket.timeout, ConnectionError):
+        return b""
 
 
 def _use_cluster_token() -> None:
