@@ -31,6 +31,9 @@ IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precisi
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
 BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy"}
+# Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
+# and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
+MADE_ON = "made_on"
 
 
 @dataclass
@@ -131,6 +134,46 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
              "image_shape": checkpoint.image_shape, "latent_dim": checkpoint.latent_dim,
              "class_names": checkpoint.class_names, "training": checkpoint.training}
     return Manifest(job, model)
+
+
+def record_made_on(manifest: Manifest, actors: list[dict[str, str]], uri: str) -> list[str]:
+    """Put where this run makes bytes into ``manifest``, before its first shard is written.
+
+    Args:
+        manifest: the dataset the run continues (or starts).
+        actors: the distinct ``made_on`` answers of the run's actors.
+        uri: the dataset, for messages.
+
+    Returns:
+        Warning lines: library versions that differ from those the dataset was started with (recorded too).
+        A resume on another device kind is refused: its images would be of two sorts under one identity.
+    """
+    before = manifest.job.get(MADE_ON)
+    if before is None:
+        if not manifest.shards:  # a new dataset; one made before synthgen recorded this stays "not recorded"
+            manifest.job[MADE_ON] = before = dict(actors[0])
+        else:
+            return []
+    for now in actors:
+        if now["device"] != before["device"]:
+            raise SynthgenError(f"--out {uri}: the dataset was started on {before['device']} actors and this run's "
+                                f"are on {now['device']}, whose kernels differ in the last bits of some pixels; "
+                                f"finish it on {before['device']} actors, or replace it with --overwrite, or "
+                                "write to a new --out")
+    warnings, also = [], before.get("also_with", [])
+    for now in actors:
+        changed = {k: v for k, v in now.items() if before.get(k) != v}
+        if not changed:
+            continue
+        also += [changed] if changed not in also else []
+        was = ", ".join(f"{k} {before.get(k, 'not recorded')}" for k in changed)
+        warnings.append(f"warning: {uri} was started with {was}; this run has "
+                        f"{', '.join(f'{k} {v}' for k, v in changed.items())}: its new shards may differ in the "
+                        "last bits of some pixels from what the first versions would make (each shard still "
+                        f"verifies; the manifest's {MADE_ON} records both)")
+    if also:
+        before["also_with"] = also
+    return warnings
 
 
 def _check_job(job: dict[str, Any]) -> None:

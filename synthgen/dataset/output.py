@@ -159,6 +159,8 @@ def _plan(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> tuple[m
     elif not overwrite:
         fresh.shards = {j: r for j, r in existing.shards.items()
                         if not check_shard(loc, r, fresh.job["format"], deep=False)}
+        if mf.MADE_ON in existing.job:  # the engine checks this run's actors against it once they start
+            fresh.job[mf.MADE_ON] = existing.job[mf.MADE_ON]
         fresh.status = existing.status if len(fresh.shards) == len(existing.shards) else "in_progress"
         return fresh, False
     replace = overwrite and storage.exists(loc, loc.root)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
@@ -14,7 +15,7 @@ from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, image_seeds, shard_of
-from synthgen.generate.sampling import generate
+from synthgen.generate.sampling import generate, make_deterministic
 from synthgen.imaging import decode_png, encode_png, png_settings
 
 
@@ -28,6 +29,8 @@ class ShowResult:
     stored: np.ndarray  # as stored, (H, W, C) uint8
     same_pixels: bool
     same_bytes: bool | None  # PNG bytes equal; None for raw encoding
+    device: str = "cpu"  # the device kind it was regenerated on
+    not_exact: str | None = None  # why the comparison cannot be byte-exact (made on another device kind)
 
 
 def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
@@ -51,7 +54,8 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     record = manifest.shards.get(shard_of(index, job["shard_size"]))
     if record is None:
         raise SynthgenError(f"--index {index}: its shard is not committed yet; finish the run first")
-    ckpt = load_checkpoint(model or manifest.model["source"])
+    device, not_exact = _device_like(manifest)
+    ckpt = load_checkpoint(model or manifest.model["source"], device=device)
     if ckpt.fingerprint != manifest.model["fingerprint"]:
         raise SynthgenError(f"{ckpt.source}: fingerprint {ckpt.fingerprint[:12]} is not the dataset's model "
                             f"({manifest.model['fingerprint'][:12]}); pass --model with the original checkpoint")
@@ -65,7 +69,20 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     pixels = decode_png(stored) if isinstance(stored, bytes) else stored
     same_bytes = encode_png(image, png_settings(job["format"])) == stored if isinstance(stored, bytes) else None
     return ShowResult(index, int(seeds[0]), int(labels[0]), names[labels[0]] if labels[0] >= 0 else "",
-                      image, pixels, bool(np.array_equal(pixels, image)), same_bytes)
+                      image, pixels, bool(np.array_equal(pixels, image)), same_bytes, device, not_exact)
+
+
+def _device_like(manifest: mf.Manifest) -> tuple[str, str | None]:
+    """The device kind the dataset was made on when this machine has one (cpu when it was not recorded), and
+    else the CPU with the reason the comparison is not byte-exact."""
+    made_on = manifest.job.get(mf.MADE_ON) or {"device": "cpu"}
+    if made_on["device"] == "cpu":
+        return "cpu", None
+    if made_on["device"] == "cuda" and torch.cuda.is_available():
+        make_deterministic("cuda")  # the actors' GPU numerics
+        return "cuda", None
+    return "cpu", (f"the dataset was made on {made_on['device']} and this machine has none; regenerated on the "
+                   "CPU, whose kernels differ in the last bits of some pixels")
 
 
 def _stored_image(loc: storage.Location, fmt: str, record: mf.ShardRecord, index: int) -> bytes | np.ndarray:

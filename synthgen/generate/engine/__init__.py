@@ -51,6 +51,8 @@ def run(config: RunConfig) -> RunSummary:
             with ray_session(config.address):
                 pool = ActorPool(config, worker)  # the cluster takes the job, or refuses it, before any write
                 try:
+                    for warning in mf.record_made_on(manifest, pool.made_on, loc.uri):  # or refuses: no write yet
+                        print(warning, file=sys.stderr, flush=True)
                     write_output(loc, manifest, replace)
                     _generate(config, pool, manifest, loc, summary)
                 finally:

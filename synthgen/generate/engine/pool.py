@@ -42,9 +42,11 @@ class _RayShardGenerator:
     # a probe, not work: an actor whose model does not load will not load it on a retry either, and each retry
     # would print Ray's traceback of the failure to the user's terminal
     @ray.method(max_task_retries=0)
-    def placement(self) -> tuple[str, list[int]]:
-        """The torch device this actor uses and the GPU ids Ray gave it."""
-        return self.generator.device, sorted(int(i) for i in ray.get_gpu_ids())
+    def placement(self) -> tuple[str, list[int], dict[str, str]]:
+        """The torch device this actor uses, the GPU ids Ray gave it, and where its bytes are made."""
+        from synthgen.generate.provenance import made_on
+
+        return self.generator.device, sorted(int(i) for i in ray.get_gpu_ids()), made_on(self.generator.device)
 
 
 class ActorPool:
@@ -56,7 +58,7 @@ class ActorPool:
         self.remote_cls = ray.remote(_RayShardGenerator)
         self.shape_of: dict[int, ActorShape] = {}  # id(actor) -> its shape, to replace it alike
         self.actors = [self._new_actor(shape) for shape in self.shapes]
-        self.device, self.gpu_ids = self._wait_ready()
+        self.device, self.gpu_ids, self.made_on = self._wait_ready()
         self.in_flight: dict = {}
 
     def _new_actor(self, shape: ActorShape):
@@ -68,7 +70,7 @@ class ActorPool:
         self.shape_of[id(actor)] = shape
         return actor
 
-    def _wait_ready(self) -> tuple[str, list[list[int]]]:
+    def _wait_ready(self) -> tuple[str, list[list[int]], list[dict[str, str]]]:
         try:
             answers = ray.get([a.placement.remote() for a in self.actors], timeout=self.config.start_timeout_s)
         except GetTimeoutError:
@@ -77,7 +79,10 @@ class ActorPool:
                                 "ask for fewer --gpus/--workers") from None
         except (RayActorError, RayTaskError) as err:
             raise SynthgenError(f"an actor could not load the model: {_cause(err)}") from None
-        return ",".join(sorted({device for device, _ in answers})), [ids for _, ids in answers]
+        made_on: list[dict[str, str]] = []  # one entry unless the nodes' library versions differ
+        for _, _, where in answers:
+            made_on += [where] if where not in made_on else []
+        return ",".join(sorted({device for device, _, _ in answers})), [ids for _, ids, _ in answers], made_on
 
     def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
         retry: deque[ShardSpec] = deque()
