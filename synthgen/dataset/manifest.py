@@ -149,11 +149,10 @@ def record_made_on(manifest: Manifest, actors: list[dict[str, str]], uri: str) -
         A resume on another device kind is refused: its images would be of two sorts under one identity.
     """
     before = manifest.job.get(MADE_ON)
-    if before is None:
-        if not manifest.shards:  # a new dataset; one made before synthgen recorded this stays "not recorded"
-            manifest.job[MADE_ON] = before = dict(actors[0])
-        else:
-            return []
+    if not manifest.shards:  # nothing made yet: this run decides
+        manifest.job[MADE_ON] = before = dict(actors[0])
+    elif before is None:  # made before synthgen recorded this: its shards' origin stays "not recorded"
+        return []
     for now in actors:
         if now["device"] != before["device"]:
             raise SynthgenError(f"--out {uri}: the dataset was started on {before['device']} actors and this run's "

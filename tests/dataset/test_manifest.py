@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from synthgen.checkpoint import inspect_checkpoint
 from synthgen.dataset import manifest as mf
+from synthgen.errors import SynthgenError
 from synthgen.generate.config import RunConfig
 from synthgen.generate.plan import INFERENCE_FORM, parse_label_plan
 
@@ -32,3 +35,25 @@ def test_the_file_stamp_holds_the_identity_and_no_path(tiny_checkpoint):
     assert stamp["job"] == {k: manifest.job[k] for k in mf.IDENTITY_FIELDS}
     assert sorted(stamp["model"]) == ["arch", "class_names", "fingerprint", "image_shape"]
     assert tiny_checkpoint not in str(stamp)
+
+
+def test_where_the_bytes_are_made_is_decided_by_the_first_run_that_makes_any(tiny_checkpoint):
+    cpu = {"device": "cpu", "torch": "2.13.0+cpu", "numpy": "2.1.0"}
+    manifest = fresh(tiny_checkpoint)
+    assert mf.record_made_on(manifest, [cpu], "ds") == [] and manifest.job[mf.MADE_ON] == cpu
+    manifest.job[mf.MADE_ON] = {**cpu, "device": "cuda"}  # started on GPUs, but no shard of it was kept
+    assert mf.record_made_on(manifest, [cpu], "ds") == [] and manifest.job[mf.MADE_ON] == cpu
+
+
+def test_nodes_with_other_versions_are_warned_about_and_recorded_once(tiny_checkpoint):
+    cpu = {"device": "cpu", "torch": "2.13.0+cpu", "numpy": "2.1.0"}
+    manifest = fresh(tiny_checkpoint)
+    manifest.job[mf.MADE_ON] = dict(cpu)
+    manifest.shards[0] = mf.ShardRecord(0, "data/shard-00000.parquet", 0, 10, 10, 1, "0" * 64)
+    newer = {**cpu, "numpy": "2.2.0"}
+    for _ in range(2):
+        warnings = mf.record_made_on(manifest, [cpu, newer], "ds")
+        assert len(warnings) == 1 and "started with numpy 2.1.0; this run has numpy 2.2.0" in warnings[0]
+    assert manifest.job[mf.MADE_ON] == {**cpu, "also_with": [{"numpy": "2.2.0"}]}
+    with pytest.raises(SynthgenError, match="started on cpu actors and this run's are on cuda"):
+        mf.record_made_on(manifest, [{**cpu, "device": "cuda"}], "ds")
