@@ -20,9 +20,10 @@ def made_on(device: str) -> dict[str, str]:
     import torch
 
     codecs = imagecodecs.version(dict)
-    where = {"device": device_kind(device), "torch": torch.__version__, "numpy": numpy.__version__,
-             "pyarrow": pyarrow.__version__, "imagecodecs": codecs["imagecodecs"],
-             "libpng": codecs.get("libpng", "unknown"), "zlib": codecs.get("zlib", "unknown")}
+    # plain str: torch.__version__ is a TorchVersion, whose unpickling would import torch in the driver
+    where = {"device": device_kind(device), "torch": str(torch.__version__), "numpy": str(numpy.__version__),
+             "pyarrow": str(pyarrow.__version__), "imagecodecs": str(codecs["imagecodecs"]),
+             "libpng": str(codecs.get("libpng", "unknown")), "zlib": str(codecs.get("zlib", "unknown"))}
     if where["device"] == "cuda":  # the CUDA and cuDNN builds pick the GPU kernels
         where |= {"cuda": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version())}
     return where

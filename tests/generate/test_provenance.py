@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from synthgen.dataset.verify import verify_dataset
 from synthgen.errors import SynthgenError
 from synthgen.generate.config import RunConfig
 from synthgen.generate.engine import run
+from synthgen.generate.provenance import made_on
 from synthgen.generate.show import regenerate
 
 
@@ -49,6 +53,12 @@ def test_the_manifest_records_the_device_kind_and_library_versions_but_no_shard_
     assert {"imagecodecs", "libpng", "zlib"} <= set(where) and "also_with" not in where
     stamp = json.loads(pq.read_schema(made / "data" / "shard-00000.parquet").metadata[b"synthgen"])
     assert "made_on" not in stamp["job"]  # shards made on any device carry the same metadata bytes
+
+
+def test_what_an_actor_reports_reaches_the_driver_without_importing_torch_there():
+    sent = pickle.dumps(made_on("cpu"))  # as Ray ships the placement probe's answer
+    code = f"import pickle, sys; pickle.loads({sent!r}); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
 
 
 def test_a_resume_on_another_device_kind_is_refused_before_anything_is_written(made, tmp_path, tiny_checkpoint):
