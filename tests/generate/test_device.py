@@ -1,6 +1,13 @@
-"""One device resolver for training, sampling and the generation actors."""
+"""One device resolver for training, sampling and the generation actors; a GPU actor that cannot use CUDA stops
+the run at start, with one line, before anything is written (a real Ray head declaring GPUs on this CPU
+machine, where torch sees no CUDA)."""
 
 from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +52,27 @@ def test_training_and_sampling_name_the_flag(tmp_path, breast_npz):
         assert result.output.strip().splitlines()[-1] == ("error: --device must be auto, cpu, cuda or cuda:N, "
                                                           "got 'tpu'")
     assert not (tmp_path / "m").exists() and not (tmp_path / "grid.png").exists()
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synthgen", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@NO_CUDA
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus", [["--gpus", "1"], ["--gpus", "2"], []])  # [] = every GPU the cluster has
+def test_a_gpu_run_where_torch_sees_no_cuda_fails_at_start_and_writes_nothing(gpus, tmp_path, tiny_checkpoint,
+                                                                             ray_head):
+    out = tmp_path / "never"
+    refused = cli("run", "--count", "300", "--shard-size", "100", "--model", tiny_checkpoint, "--out", str(out),
+                  "--address", ray_head, "--no-progress", *gpus)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr  # one line, no traceback
+    line = refused.stderr
+    prefix = "" if gpus == ["--gpus", "1"] else r"2 of 2 GPU actors cannot use CUDA; "
+    assert re.match(rf"error: {prefix}the actor on node \S+ \(\S+\) holds GPU\(s\) \[[01]\] but torch "
+                    r"cannot use CUDA: .+ \(torch .+, built for CUDA .+, NVIDIA driver .+\); install a CUDA build "
+                    r"of torch .+, or run with --gpus 0 for CPU actors\n$", line), line
+    assert not out.exists()  # no shard, no manifest: the cluster refused the job before any write
+    assert not list(Path(tmp_path).rglob("*.parquet"))
