@@ -23,6 +23,7 @@ from tqdm import tqdm
 from synthgen import checkpoint as ckpt
 from synthgen import storage
 from synthgen.errors import SynthgenError, stops_held
+from synthgen.generate.device import resolve_device
 from synthgen.generate.plan import image_seeds
 from synthgen.generate.sampling import generate
 from synthgen.imaging import image_grid, save_png
@@ -133,7 +134,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     config.check()
     _check_out(config)
     data = load_images(config.data, config.split)
-    device = resolve_device(config.device)
+    device = training_device(config.device)
     images, class_names = prepare_images(data, config)
     if len(images) < 2:
         raise SynthgenError(f"{config.data}: {len(images)} image(s) in split {config.split!r}; training needs "
@@ -175,19 +176,12 @@ def _with_defaults(config: TrainConfig, num_images: int, saved: ckpt.CheckpointC
     return replace(config, batch_size=batch_size, epochs=epochs)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an explicit cuda without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def training_device(name: str) -> torch.device:
+    """The ``--device`` flag as a torch device (:func:`synthgen.generate.device.resolve_device`)."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SynthgenError(f"--device must be auto, cpu or cuda[:N], got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SynthgenError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise SynthgenError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
-    return device
+        return resolve_device(name)
+    except ValueError as err:
+        raise SynthgenError(f"--device {err}") from None
 
 
 def prepare_images(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, list[str]]:

@@ -89,10 +89,10 @@ def sample(
 ) -> None:
     """Draw a grid of samples from a model into one PNG."""
     from synthgen.checkpoint import load_checkpoint
+    from synthgen.generate.device import resolve_device
     from synthgen.generate.plan import check_seed, image_seeds
     from synthgen.generate.sampling import generate
     from synthgen.imaging import image_grid, save_png
-    from synthgen.train import resolve_device
 
     for flag, value in (("--count", count), ("--columns", columns), ("--scale", scale)):
         if value < 1:
@@ -100,9 +100,13 @@ def sample(
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         fail(f"--out {out}: directory {parent} does not exist")
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as err:
+        fail(f"--device {err}")
     with user_errors():
         check_seed(seed)
-        ckpt = load_checkpoint(model, device=str(resolve_device(device)), allow_import=allow_custom_arch)
+        ckpt = load_checkpoint(model, device=str(torch_device), allow_import=allow_custom_arch)
         classes = _label_rows(label, ckpt.config.class_names)
         seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
         labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None

@@ -21,6 +21,7 @@ from synthgen.dataset.manifest import ShardRecord
 from synthgen.dataset.writers import ShardWriter
 from synthgen.errors import SynthgenError
 from synthgen.generate.config import WorkerConfig
+from synthgen.generate.device import resolve_device
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, ShardSpec, image_seeds
 from synthgen.generate.sampling import MIN_BATCH, generate, make_deterministic, pass_bounds
@@ -37,12 +38,6 @@ CPU_BATCH, GPU_BATCH = 256, 2048
 REFERENCE_PIXELS = 28 * 28
 
 
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def default_batch_size(device: str, image_shape: tuple[int, int, int]) -> int:
     """Rows per forward pass when the user gave none: enough to keep the device busy, bounded in memory."""
     base = GPU_BATCH if device.startswith("cuda") else CPU_BATCH
@@ -55,7 +50,7 @@ class ShardGenerator:
 
     def __init__(self, config: WorkerConfig):
         self.config = config
-        self.device = pick_device(config.device)
+        self.device = str(resolve_device(config.device))
         on_gpu = self.device.startswith("cuda")
         self.lanes = config.lanes or len(os.sched_getaffinity(0))
         if not on_gpu:

@@ -387,8 +387,9 @@ def fake_cluster(monkeypatch):
         cpus = state["cpus"].pop(0) if len(state["cpus"]) > 1 else state["cpus"][0]
         return {"CPU": float(cpus), "GPU": float(gpus)}
 
-    def nodes():
-        return [{"NodeID": "n0", "Alive": True, "Resources": {"CPU": float(state["cpus"][0])}}]
+    def nodes():  # one node holding what the cluster has by now (GPU actors are pinned to a real node id)
+        return [{"NodeID": "01" * 28, "Alive": True,
+                 "Resources": {"CPU": float(state["cpus"][0]), "GPU": float(state["gpus"][0])}}]
 
     monkeypatch.setattr(placement.ray, "cluster_resources", cluster_resources)
     monkeypatch.setattr(placement.ray, "nodes", nodes)

@@ -171,13 +171,8 @@ def test_sigkill_the_driver_then_rerun_gives_the_uninterrupted_bytes(tmp_path, t
 
 
 @pytest.mark.slow
-def test_declared_gpus_get_one_actor_each_and_too_many_fail_fast(tmp_path, tiny_checkpoint, ray_head):
-    out = tmp_path / "gpus"
-    done = cli("run", "--count", "300", "--shard-size", "100", "--model", tiny_checkpoint, "--out", str(out),
-               "--address", ray_head, "--gpus", "2", "--no-progress")
-    assert done.returncode == 0, done.stderr
-    either_order = done.stdout.replace("[[1], [0]]", "[[0], [1]]")
-    assert "ran 2 actor(s) x 1 lane(s) on cpu holding GPUs [[0], [1]]" in either_order
+def test_more_gpus_than_declared_fail_fast(tmp_path, tiny_checkpoint, ray_head):
+    # (a run on the declared GPUs, which torch cannot use here, is refused: tests/generate/test_device.py)
     started = time.time()
     refused = cli("run", "--count", "300", "--model", tiny_checkpoint, "--out", str(tmp_path / "three"),
                   "--address", ray_head, "--gpus", "3", "--no-progress", timeout=120)
@@ -231,10 +226,11 @@ def test_without_an_address_the_last_ray_start_cluster_is_joined_only_if_it_answ
         done = subprocess.run([sys.executable, "-m", "synthgen", "run", "--count", "200", "--shard-size", "100",
                                "--model", tiny_checkpoint, "--out", str(tmp_path / "ds"), "--no-progress"],
                               capture_output=True, text=True, timeout=300, env={**env, "RAY_TMPDIR": str(ray_tmp)})
-        assert done.returncode == 0, done.stderr
-        assert verify_dataset(str(tmp_path / "ds")).ok
-        joined = "holding GPUs" in done.stdout  # only ray_head declares GPUs; this machine has none
-        assert joined == (last_cluster == "alive"), done.stdout
+        # only ray_head declares GPUs, which torch cannot use on this machine: joining it refuses the run
+        joined = "holds GPU(s)" in done.stderr
+        assert joined == (last_cluster == "alive"), done.stderr
+        assert done.returncode == (1 if joined else 0), done.stderr
+        assert joined or verify_dataset(str(tmp_path / "ds")).ok
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 

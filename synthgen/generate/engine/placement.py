@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -26,34 +27,71 @@ class ActorShape:
 
 
 def actor_shapes(config: RunConfig) -> list[ActorShape]:
-    """The actors to start, refusing requests the cluster cannot meet."""
+    """The actors to start on the cluster as it is (or once an autoscaler brought what the run asks for),
+    refusing requests it cannot meet."""
     resources = ray.cluster_resources()
     total_gpus, total_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     gpus = total_gpus if config.gpus is None else config.gpus
     if gpus > total_gpus:  # fails fast, unless an autoscaler can add GPU nodes: then waits for them
-        total_gpus, total_cpus = wait_for("GPU", gpus, f"--gpus {gpus}")
-    if gpus:
-        actors = gpus * config.actors_per_gpu
-        cpus = min(1.0, total_cpus / actors) if total_cpus else 0
-        # lanes encode while another lane holds the GPU: share the cluster's cores between the GPU actors
-        shape = ActorShape({"num_gpus": 1 / config.actors_per_gpu, "num_cpus": cpus}, max(1, total_cpus // actors))
-        return [shape] * actors
-    if config.workers is not None and config.workers > total_cpus:
+        wait_for("GPU", gpus, f"--gpus {gpus}")
+    elif not gpus and config.workers is not None and config.workers > total_cpus:
         # a worker is a process with its own copy of torch: more of them than cores only adds memory
-        total_gpus, total_cpus = wait_for("CPU", config.workers, f"--workers {config.workers}")
-    nodes = {n["NodeID"]: int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]}
-    nodes = {node: cpus for node, cpus in nodes.items() if cpus >= 1}
-    if not nodes:
+        wait_for("CPU", config.workers, f"--workers {config.workers}")
+    return plan_actors(ray.nodes(), gpus, config.workers, config.actors_per_gpu)
+
+
+def plan_actors(nodes: list[dict], gpus: int, workers: int | None = None, actors_per_gpu: int = 1) -> list[ActorShape]:
+    """The actors for a cluster whose nodes ``ray.nodes()`` lists: ``gpus * actors_per_gpu`` GPU actors, or
+    with ``gpus`` 0 CPU actors (``workers`` of them, or as many as fill each node)."""
+    alive = {n["NodeID"]: n["Resources"] for n in nodes if n["Alive"]}
+    if gpus:
+        return gpu_actors({node: (int(res.get("GPU", 0)), int(res.get("CPU", 0))) for node, res in alive.items()},
+                          gpus, actors_per_gpu)
+    cpus_of = {node: int(res.get("CPU", 0)) for node, res in alive.items()}
+    cpus_of = {node: cpus for node, cpus in cpus_of.items() if cpus >= 1}
+    if not cpus_of:
         raise SynthgenError("the cluster has no CPUs to run CPU actors on")
-    if config.workers is None:
+    if workers is None:
         # One process per node (up to 8 lanes each) rather than one per core: each process holds its own
         # ~300 MiB copy of torch, and lanes in one process use the cores as well as separate processes do.
         # Each actor is sized to its node, so a small head and large workers are all used in full.
-        return [ActorShape({"num_cpus": lanes, "num_gpus": 0,
-                             "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}, lanes)
-                for node, cpus in nodes.items() for lanes in split_lanes(cpus)]
-    threads = max(1, min(max(nodes.values()), total_cpus // config.workers))
-    return [ActorShape({"num_cpus": threads, "num_gpus": 0}, threads)] * config.workers
+        return [ActorShape({"num_cpus": lanes, "num_gpus": 0, "scheduling_strategy": _pinned(node)}, lanes)
+                for node, cpus in cpus_of.items() for lanes in split_lanes(cpus)]
+    threads = max(1, min(max(cpus_of.values()), sum(cpus_of.values()) // workers))
+    return [ActorShape({"num_cpus": threads, "num_gpus": 0}, threads)] * workers
+
+
+def gpu_actors(nodes: dict[str, tuple[int, int]], gpus: int, actors_per_gpu: int) -> list[ActorShape]:
+    """GPU actors for ``gpus`` of the GPUs of ``nodes`` (node id -> (GPUs, CPUs)), each pinned to its node.
+
+    Each GPU goes where its actors get the most CPUs, so a partial request fills the roomiest nodes first. An
+    actor's lanes copy and encode while another lane holds its device: it takes its node's CPUs shared evenly
+    among that node's actors (at most MAX_LANES_PER_ACTOR) and reserves as many, so no node runs more threads
+    than it has CPUs however the fleet mixes node types; CPU-only nodes take no part.
+    """
+    taken = {node: 0 for node, (node_gpus, _) in nodes.items() if node_gpus >= 1}
+    for _ in range(gpus):
+        free = [node for node in taken if taken[node] < nodes[node][0]]
+        if not free:
+            raise SynthgenError(f"--gpus {gpus}: the cluster's nodes have {sum(taken.values())} GPU(s)")
+        best = max(free, key=lambda node: nodes[node][1] / (taken[node] + 1))  # ties: the first listed
+        taken[best] += 1
+    shapes = []
+    for node, node_gpus in taken.items():
+        actors, cpus = node_gpus * actors_per_gpu, nodes[node][1]
+        if not actors:
+            continue
+        lanes = max(1, min(MAX_LANES_PER_ACTOR, cpus // actors))
+        # a node with fewer CPUs than actors: one lane each, reserving an even share of what there is
+        reserved = lanes if cpus >= actors else math.floor(cpus / actors * 1e4) / 1e4  # Ray's resource grain
+        options = {"num_gpus": 1 / actors_per_gpu, "num_cpus": reserved, "scheduling_strategy": _pinned(node)}
+        shapes += [ActorShape(options, lanes)] * actors
+    return shapes
+
+
+def _pinned(node: str) -> NodeAffinitySchedulingStrategy:
+    # soft: an actor whose node is gone (or full) starts elsewhere rather than never
+    return NodeAffinitySchedulingStrategy(node, soft=True)
 
 
 def split_lanes(cpus: int, most: int = MAX_LANES_PER_ACTOR) -> list[int]:

@@ -7,6 +7,7 @@ attempt.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import Iterator
 
@@ -26,27 +27,36 @@ IN_FLIGHT_PER_ACTOR = 2
 
 class _RayShardGenerator:
     """The actor: a :class:`~synthgen.generate.actor.ShardGenerator`, imported in the actor (the driver needs no
-    torch)."""
+    torch). An actor that holds GPUs it cannot use loads nothing and writes nothing: it says why instead of
+    running 100x slower on its CPUs."""
 
     def __init__(self, config: WorkerConfig):
         from synthgen.generate.actor import ShardGenerator
+        from synthgen.generate.device import gpu_holder_problem
 
-        self.generator = ShardGenerator(config)
+        self.gpu_ids = sorted(int(i) for i in ray.get_gpu_ids())
+        node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+        self.problem = gpu_holder_problem(node, self.gpu_ids) if self.gpu_ids else None
+        self.generator = None if self.problem else ShardGenerator(config)
 
     def __call__(self, spec: ShardSpec) -> mf.ShardRecord:
+        if self.generator is None:  # a replacement actor that landed on a node without usable CUDA
+            raise SynthgenError(self.problem)
         return self.generator(spec)
 
     def ping(self) -> str:
-        return self.generator.device
+        return self.generator.device if self.generator else "none"
 
     # a probe, not work: an actor whose model does not load will not load it on a retry either, and each retry
     # would print Ray's traceback of the failure to the user's terminal
     @ray.method(max_task_retries=0)
-    def placement(self) -> tuple[str, list[int], dict[str, str]]:
-        """The torch device this actor uses, the GPU ids Ray gave it, and where its bytes are made."""
+    def placement(self) -> tuple[str, list[int], str | None, dict[str, str] | None]:
+        """The torch device this actor uses, the GPU ids Ray gave it, why it cannot use them (or None), and
+        where its bytes are made."""
         from synthgen.generate.provenance import made_on
 
-        return self.generator.device, sorted(int(i) for i in ray.get_gpu_ids()), made_on(self.generator.device)
+        where = made_on(self.generator.device) if self.generator else None
+        return self.ping(), self.gpu_ids, self.problem, where
 
 
 class ActorPool:
@@ -62,7 +72,9 @@ class ActorPool:
         self.in_flight: dict = {}
 
     def _new_actor(self, shape: ActorShape):
-        worker = WorkerConfig(**{**self.worker.__dict__, "lanes": shape.lanes})
+        # a GPU actor computes on its GPU or not at all; "auto" would fall back to the CPU without a word
+        device = "cuda" if shape.options["num_gpus"] else "cpu"
+        worker = WorkerConfig(**{**self.worker.__dict__, "lanes": shape.lanes, "device": device})
         actor = self.remote_cls.options(**shape.options, max_concurrency=IN_FLIGHT_PER_ACTOR,
                                         max_restarts=self.config.max_retries,
                                         max_task_retries=self.config.max_retries,
@@ -79,10 +91,14 @@ class ActorPool:
                                 "ask for fewer --gpus/--workers") from None
         except (RayActorError, RayTaskError) as err:
             raise SynthgenError(f"an actor could not load the model: {_cause(err)}") from None
+        problems = [problem for _, _, problem, _ in answers if problem]
+        if problems:
+            alike = f"{len(problems)} of {len(answers)} GPU actors cannot use CUDA; " if len(problems) > 1 else ""
+            raise SynthgenError(alike + problems[0])
         made_on: list[dict[str, str]] = []  # one entry unless the nodes' library versions differ
-        for _, _, where in answers:
+        for *_, where in answers:
             made_on += [where] if where not in made_on else []
-        return ",".join(sorted({device for device, _, _ in answers})), [ids for _, ids, _ in answers], made_on
+        return ",".join(sorted({answer[0] for answer in answers})), [answer[1] for answer in answers], made_on
 
     def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
         retry: deque[ShardSpec] = deque()
