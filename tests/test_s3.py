@@ -15,10 +15,11 @@ import sys
 import time
 
 import boto3
+import processes
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import S3_CREDENTIALS
+from processes import S3_CREDENTIALS
 from typer.testing import CliRunner
 
 from synthgen import storage
@@ -34,6 +35,20 @@ runner = CliRunner()
 
 def endpoint_query(endpoint: str) -> str:
     return f"endpoint_override={endpoint.removeprefix('http://')}&scheme=http"
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Endpoint URL of a moto S3 server that accepts any credentials; stopped after the module."""
+    with processes.s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def s3_server_refusing(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Endpoint URL of a moto S3 server that checks credentials, and knows none: every request is refused."""
+    with processes.s3_server(tmp_path_factory.mktemp("s3auth") / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="0") as url:
+        yield url
 
 
 @pytest.fixture

@@ -19,11 +19,12 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from processes import free_ports
 
 from synthgen.dataset.format import raw_pixels
 from synthgen.dataset.verify import verify_dataset
 from synthgen.generate.config import RunConfig
-from synthgen.generate.engine import run, split_lanes
+from synthgen.generate.engine import run
 from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_settings
 
 
@@ -202,11 +203,9 @@ def test_weights_that_do_not_fit_their_config_are_one_line_from_the_actor(tmp_pa
 
 
 def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, tiny_checkpoint):
-    from conftest import _free_ports
-
     started = time.time()
     refused = cli("run", "--count", "10", "--model", tiny_checkpoint, "--out", str(tmp_path / "never"),
-                  "--address", f"127.0.0.1:{_free_ports(1)[0]}", "--no-progress", timeout=120)
+                  "--address", f"127.0.0.1:{free_ports(1)[0]}", "--no-progress", timeout=120)
     assert refused.returncode == 1 and time.time() - started < 60  # Ray alone would retry without end
     assert re.fullmatch(r"error: cannot reach --address 127\.0\.0\.1:\d+: nothing answers at \S+ "
                         r"\(Connection refused\); is the cluster's head running .*\n", refused.stderr)
@@ -217,14 +216,12 @@ def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, tiny_che
 @pytest.mark.parametrize("last_cluster", ["dead", "alive"])
 def test_without_an_address_the_last_ray_start_cluster_is_joined_only_if_it_answers(last_cluster, tmp_path,
                                                                                    tiny_checkpoint, ray_head):
-    from conftest import _free_ports
-
     ray_tmp = Path(tempfile.mkdtemp(prefix="sg", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     try:
         (ray_tmp / "ray").mkdir()
         # the file `ray start` leaves for a bare ray.init(): it outlives a cluster that was killed, and Ray
         # would wait for that one without end
-        address = ray_head if last_cluster == "alive" else f"127.0.0.1:{_free_ports(1)[0]}"
+        address = ray_head if last_cluster == "alive" else f"127.0.0.1:{free_ports(1)[0]}"
         (ray_tmp / "ray" / "ray_current_cluster").write_text(address)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         done = subprocess.run([sys.executable, "-m", "synthgen", "run", "--count", "200", "--shard-size", "100",
@@ -255,9 +252,3 @@ def test_raw_and_png_encodings_hold_the_same_pixels(tmp_path, tiny_checkpoint, r
     stored = images_by_index(png.out)
     for k, index in enumerate(table.column("index").to_pylist()):
         np.testing.assert_array_equal(pixels[k], decode_png(stored[index]))
-
-
-@pytest.mark.parametrize("cpus, lanes", [(1, [1]), (2, [2]), (8, [8]), (9, [5, 4]), (12, [6, 6]), (16, [8, 8]),
-                                         (17, [6, 6, 5])])
-def test_a_node_becomes_as_few_actors_as_hold_8_lanes_each(cpus, lanes):
-    assert split_lanes(cpus) == lanes
