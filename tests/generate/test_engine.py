@@ -19,6 +19,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from gated_arch import gated_checkpoint, wait_until_held
 from processes import free_ports
 
 from synthgen.dataset.format import raw_pixels
@@ -102,34 +103,40 @@ def test_truncated_shard_is_caught_by_verify_and_redone_by_resume(tmp_path, tiny
     assert shard_digests(config.out) == shard_digests(reference.out)
 
 
-def test_a_killed_actor_is_replaced_and_every_index_written_once(tmp_path, tiny_checkpoint, reference):
-    # 24k images so the kill lands mid-run on a fast host too; labels are i mod K, so the first 1,200 images
-    # are the reference's
-    config = job(tmp_path, "killed", tiny_checkpoint, count=24000, shard_size=100, batch_size=64)
+def test_an_actor_killed_mid_shard_is_replaced_and_every_index_written_once(tmp_path, tiny_checkpoint, reference):
+    # The tiny model, gated: the first actor holds its 8th forward pass (after load, warm-up and a few shards'
+    # passes) until it is killed there, so its shard cannot be committed before the kill. Labels are i mod K
+    # and bytes do not depend on shard or batch sizes, so every image must equal the reference's.
+    model, gate = gated_checkpoint(tiny_checkpoint, tmp_path, stop_at=8)
+    (gate / "armed").touch()
+    config = job(tmp_path, "killed", str(model), shard_size=100, batch_size=64, allow_import=True)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(summary=run(config)))
     thread.start()
-    victim = _wait_for_actor_process(Path(config.out), thread)
-    victim.send_signal(signal.SIGKILL)
-    assert len(shard_digests(config.out)) < 240  # the kill landed mid-run (Ray retries on the restarted actor)
+    try:
+        victim = wait_until_held(gate, thread.is_alive)
+        while not Path(config.out, "manifest.json").exists() or not shard_digests(config.out):
+            assert thread.is_alive(), "the run ended while an actor was held"  # its other lane goes on
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        committed_before_the_kill = len(shard_digests(config.out))
+    finally:
+        (gate / "release").touch()
     thread.join(timeout=240)
     assert not thread.is_alive() and "summary" in result
+    assert 0 < committed_before_the_kill < 12 and gone(victim)
     report = verify_dataset(config.out)
-    assert report.ok and report.rows == 24000
+    assert report.ok and report.rows == 1200
     written = images_by_index(config.out)
-    assert sorted(written) == list(range(24000))
-    assert {i: written[i] for i in range(1200)} == images_by_index(reference.out)
+    assert sorted(written) == list(range(1200)) and result["summary"].generated == 1200
+    assert written == images_by_index(reference.out)
 
 
-def _wait_for_actor_process(out: Path, thread: threading.Thread) -> psutil.Process:
-    deadline = time.time() + 120
-    while time.time() < deadline and thread.is_alive():
-        for proc in psutil.process_iter(["cmdline"]):
-            title = " ".join(proc.info["cmdline"] or [])
-            if "ray::_RayShardGenerator" in title and (out / "manifest.json").exists():
-                return proc
-        time.sleep(0.05)
-    raise AssertionError("no generation actor appeared")
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by its raylet
+    except psutil.NoSuchProcess:
+        return True
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
