@@ -15,13 +15,15 @@ import sys
 import time
 
 import boto3
+import processes
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import S3_CREDENTIALS
+from gated_arch import ARCH, gated_checkpoint, gated_factory, wait_until_held
+from processes import S3_CREDENTIALS, pythonpath_with_tests
 from typer.testing import CliRunner
 
-from synthgen import storage
+from synthgen import models, storage
 from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from synthgen.cli import app
 from synthgen.dataset.verify import verify_dataset
@@ -36,6 +38,20 @@ def endpoint_query(endpoint: str) -> str:
     return f"endpoint_override={endpoint.removeprefix('http://')}&scheme=http"
 
 
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Endpoint URL of a moto S3 server that accepts any credentials; stopped after the module."""
+    with processes.s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def s3_server_refusing(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Endpoint URL of a moto S3 server that checks credentials, and knows none: every request is refused."""
+    with processes.s3_server(tmp_path_factory.mktemp("s3auth") / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="0") as url:
+        yield url
+
+
 @pytest.fixture
 def aws_env(monkeypatch, s3_server) -> dict:
     """Credentials in this process (for in-process checks) and a full environment for subprocesses."""
@@ -45,21 +61,29 @@ def aws_env(monkeypatch, s3_server) -> dict:
     return {**env, **S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": s3_server, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def s3_client(s3_server: str):
+    return boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
 @pytest.fixture(scope="module")
 def bucket_with_model(s3_server, tiny_checkpoint) -> str:
     """Create the bucket and upload the tiny checkpoint; returns the model's URI (endpoint in the query)."""
-    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
+    s3_client(s3_server).create_bucket(Bucket=BUCKET)
+    return upload_checkpoint(s3_server, tiny_checkpoint, "models/tiny")
+
+
+def upload_checkpoint(s3_server: str, model: str, key: str) -> str:
+    """Upload a checkpoint directory under ``key``; returns its URI (endpoint in the query)."""
+    client = s3_client(s3_server)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        with open(os.path.join(tiny_checkpoint, name), "rb") as f:
-            client.put_object(Bucket=BUCKET, Key=f"models/tiny/{name}", Body=f.read())
-    return f"s3://{BUCKET}/models/tiny?{endpoint_query(s3_server)}"
+        with open(os.path.join(model, name), "rb") as f:
+            client.put_object(Bucket=BUCKET, Key=f"{key}/{name}", Body=f.read())
+    return f"s3://{BUCKET}/{key}?{endpoint_query(s3_server)}"
 
 
 def keys(s3_server: str, prefix: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client = s3_client(s3_server)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
@@ -73,65 +97,72 @@ def committed_shards(uri: str) -> int:
         return 0
 
 
-COUNT = 60_000
+COUNT, SHARD = 3000, 500
 
 
 def test_generate_sigkill_resume_verify_on_s3(s3_server, bucket_with_model, aws_env, tiny_checkpoint, tmp_path,
-                                              ray_local):
+                                              ray_local, monkeypatch):
     out = f"s3://{BUCKET}/datasets/ds"  # the endpoint comes from AWS_ENDPOINT_URL_S3, as for any AWS tool
     query_out = f"{out}?{endpoint_query(s3_server)}"  # the same place, for this process
-    # big enough that the kill below lands mid-run, with a manifest saved at most once a second (20,000 images
-    # were all committed before the kill once a faster CPU made ~10k images/s)
-    args = ["run", "--count", str(COUNT), "--shard-size", "1000", "--batch-size", "50", "--seed", "3",
-            "--model", bucket_with_model, "--out", out, "--gpus", "0", "--workers", "1", "--no-progress"]
-    driver = subprocess.Popen([sys.executable, "-m", "synthgen", *args], env=aws_env, start_new_session=True,
+    # the tiny model, gated (tests/gated_arch.py): an actor holds its 8th forward pass until the run is killed,
+    # so the kill lands mid-run, a shard unfinished, however fast the host
+    gated, gate = gated_checkpoint(tiny_checkpoint, tmp_path, stop_at=8)
+    model = upload_checkpoint(s3_server, str(gated), "models/gated")
+    (gate / "armed").touch()
+    args = ["run", "--count", str(COUNT), "--shard-size", str(SHARD), "--batch-size", "50", "--seed", "3",
+            "--model", model, "--allow-custom-arch", "--out", out, "--gpus", "0", "--workers", "1", "--no-progress"]
+    env = {**aws_env, "PYTHONPATH": pythonpath_with_tests(aws_env.get("PYTHONPATH"))}  # for the run's own Ray
+    driver = subprocess.Popen([sys.executable, "-m", "synthgen", *args], env=env, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while committed_shards(query_out) < 1:  # the first shard's commit saves the manifest at once
-        assert driver.poll() is None, driver.communicate()[1].decode()[-3000:]
-        assert time.time() < deadline, "no shard was committed"
-        time.sleep(0.1)
-    tree = psutil.Process(driver.pid).children(recursive=True)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    for proc in psutil.wait_procs(tree, timeout=15)[1]:
-        proc.kill()
+    try:
+        wait_until_held(gate, lambda: driver.poll() is None, timeout_s=180)
+        while committed_shards(query_out) < 1:  # the first shard's commit saves the manifest at once
+            assert driver.poll() is None, driver.communicate()[1].decode()[-3000:]
+            time.sleep(0.1)
+        tree = psutil.Process(driver.pid).children(recursive=True)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+        for proc in psutil.wait_procs(tree, timeout=15)[1]:
+            proc.kill()
+    finally:
+        (gate / "release").touch()
 
     report = verify_dataset(query_out)
     assert not report.ok and 0 < report.rows < COUNT and "incomplete" in report.problems[0]
-    for key in keys(s3_server, "datasets/ds/data/"):  # whatever has a final name is a whole shard
-        name = key.rsplit("/", 1)[-1]
-        if name and not name.startswith(storage.TMP_PREFIX):  # not the directory marker, not a temporary
-            loc = storage.locate(query_out)
-            with loc.fs.open_input_file(loc.join("data", name)) as f:
-                assert pq.read_metadata(f).num_rows == 1000, key
+    loc = storage.locate(query_out)
+    names = [key.rsplit("/", 1)[-1] for key in keys(s3_server, "datasets/ds/data/")]
+    whole = [name for name in names if name and not name.startswith(storage.TMP_PREFIX)]  # no marker, no temporary
+    assert whole  # whatever has a final name is a whole shard
+    for name in whole:
+        with loc.fs.open_input_file(loc.join("data", name)) as f:
+            assert pq.read_metadata(f).num_rows == SHARD, name
 
-    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").put_object(
-        Bucket=BUCKET, Key=f"datasets/ds/data/{storage.TMP_PREFIX}0123456789ab-shard-{COUNT // 1000 - 1:05d}.parquet",
+    s3_client(s3_server).put_object(
+        Bucket=BUCKET, Key=f"datasets/ds/data/{storage.TMP_PREFIX}0123456789ab-shard-{COUNT // SHARD - 1:05d}.parquet",
         Body=b"half")
-    again = subprocess.run([sys.executable, "-m", "synthgen", *args], env=aws_env, capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "synthgen", *args], env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr
     made = int(re.search(rf"done: (\d+) new images \({COUNT} in the dataset\)", again.stdout).group(1))
     assert made == COUNT - report.rows
     verified = subprocess.run([sys.executable, "-m", "synthgen", "verify", out], env=aws_env, capture_output=True,
                               text=True, timeout=120)
-    assert verified.returncode == 0 and f"{COUNT} rows in {COUNT // 1000} shards" in verified.stdout, verified.stderr
+    assert verified.returncode == 0 and f"{COUNT} rows in {COUNT // SHARD} shards" in verified.stdout, \
+        verified.stderr
     assert not [k for k in keys(s3_server, "datasets/ds/") if f"/{storage.TMP_PREFIX}" in k]  # cleaned up
 
     # The same job on local disk gives the same bytes, shard by shard.
     local = tmp_path / "local"
-    run(RunConfig(count=COUNT, out=str(local), model=tiny_checkpoint, shard_size=1000, batch_size=50, seed=3,
-                  gpus=0, workers=1, progress=False))
-    loc = storage.locate(query_out)
+    run(RunConfig(count=COUNT, out=str(local), model=str(gated), shard_size=SHARD, batch_size=50, seed=3,
+                  gpus=0, workers=1, progress=False, allow_import=True))
     on_s3 = json.loads(storage.read_bytes(loc, loc.join("manifest.json")))
     on_disk = json.loads((local / "manifest.json").read_text())
     assert [s["sha256"] for s in on_s3["shards"]] == [s["sha256"] for s in on_disk["shards"]]
     assert on_s3["model"]["fingerprint"] == on_disk["model"]["fingerprint"]
-    assert on_s3["model"]["source"] == bucket_with_model
+    assert on_s3["model"]["source"] == model
 
-    shown = runner.invoke(app, ["show", query_out, "--index", "3210"])
+    monkeypatch.setitem(models._FACTORIES, ARCH, gated_factory)  # registered: show has no --allow-custom-arch
+    shown = runner.invoke(app, ["show", query_out, "--index", "2345"])
     assert shown.exit_code == 0 and "identical PNG bytes" in shown.output, shown.output
 
 

@@ -1,7 +1,8 @@
 """The cluster path: job submission to a real two-node Ray cluster with token auth, jobs commands, staging.
 
 The cluster tests drive ``synthgen`` in subprocesses, as a user would, against the ``ray_cluster`` fixture
-(a head with its job server and a second node on 127.0.0.1). The staging and token tests need no cluster.
+(a head with its job server and a second node on 127.0.0.1). The staging and token tests need no cluster;
+where actors go (placement, autoscaler waits) is tested in tests/generate/test_placement.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import processes
 import pytest
 from typer.testing import CliRunner
 
@@ -89,6 +91,13 @@ def generator_nodes_alive(cluster, job_id: str) -> bool:
 
 
 # --- on a real cluster --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> processes.RayCluster:
+    """A head with its job server and a second node on 127.0.0.1, token auth on (``processes.ray_cluster``)."""
+    with processes.ray_cluster(tmp_path_factory.mktemp("raycluster")) as cluster:
+        yield cluster
 
 
 @pytest.mark.slow
@@ -368,98 +377,3 @@ def test_settings_that_cannot_work_remotely_are_refused_before_anything_is_sent(
         assert refused.exit_code == 1 and message in one_line_error(refused), refused.output
     detach = runner.invoke(app, ["run", "--count", "10", "--detach"])
     assert detach.exit_code == 1 and "--detach needs a job server" in one_line_error(detach)
-
-
-# --- GPU requests: wait for an autoscaler, fail fast on a fixed cluster ----------------------------------
-
-
-@pytest.fixture
-def fake_cluster(monkeypatch):
-    """The engine's view of a cluster, scripted: GPU counts over time, and the autoscaler requests it gets."""
-    import ray.autoscaler.sdk
-
-    from synthgen.generate.engine import placement
-
-    state = {"gpus": [0], "cpus": [16], "requests": []}
-
-    def cluster_resources():
-        gpus = state["gpus"].pop(0) if len(state["gpus"]) > 1 else state["gpus"][0]
-        cpus = state["cpus"].pop(0) if len(state["cpus"]) > 1 else state["cpus"][0]
-        return {"CPU": float(cpus), "GPU": float(gpus)}
-
-    def nodes():  # one node holding what the cluster has by now (GPU actors are pinned to a real node id)
-        return [{"NodeID": "01" * 28, "Alive": True,
-                 "Resources": {"CPU": float(state["cpus"][0]), "GPU": float(state["gpus"][0])}}]
-
-    monkeypatch.setattr(placement.ray, "cluster_resources", cluster_resources)
-    monkeypatch.setattr(placement.ray, "nodes", nodes)
-    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda bundles: state["requests"].append(bundles))
-    return state
-
-
-def test_gpus_beyond_the_cluster_wait_for_its_autoscaler(fake_cluster, monkeypatch, capsys):
-    from synthgen.generate.engine import placement
-
-    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: True)
-    fake_cluster["gpus"] = [0, 0, 4]  # two GPU nodes arrive
-    shapes = placement.actor_shapes(RunConfig(count=10, gpus=4))
-    assert len(shapes) == 4 and {s.options["num_gpus"] for s in shapes} == {1}
-    assert fake_cluster["requests"] == [[{"GPU": 1}] * 4, []]  # asked, then cleared: the actors hold the nodes
-    err = capsys.readouterr().err
-    assert "--gpus 4: the cluster has 0 GPU(s); asked its autoscaler for more, waiting up to" in err
-    assert "--gpus 4: 4 GPU(s) after" in err
-
-    monkeypatch.setattr(placement, "AUTOSCALE_TIMEOUT_S", 0.0)
-    fake_cluster.update(gpus=[2], requests=[])
-    brought_two = r"--gpus 8: the autoscaler brought only 2 GPU\(s\) in 0 s; see `ray status`"
-    with pytest.raises(SynthgenError, match=brought_two):
-        placement.actor_shapes(RunConfig(count=10, gpus=8))
-    assert fake_cluster["requests"] == [[{"GPU": 1}] * 8, []]
-
-
-def test_workers_beyond_the_cpus_wait_for_an_autoscaler_or_fail_fast(fake_cluster, monkeypatch, capsys):
-    from synthgen.generate.engine import placement
-
-    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: True)
-    fake_cluster["cpus"] = [2, 2, 8]  # an 8-CPU node arrives
-    shapes = placement.actor_shapes(RunConfig(count=10, gpus=0, workers=4))
-    assert [(s.options["num_cpus"], s.lanes) for s in shapes] == [(2, 2)] * 4
-    assert fake_cluster["requests"] == [[{"CPU": 1}] * 4, []]
-    assert "--workers 4: 8 CPU(s) after" in capsys.readouterr().err
-    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: False)
-    fake_cluster.update(cpus=[2], requests=[])
-    with pytest.raises(SynthgenError, match=r"--workers 3: the cluster has 0 GPU\(s\) and 2 CPU\(s\)"):
-        placement.actor_shapes(RunConfig(count=10, gpus=0, workers=3))
-    assert fake_cluster["requests"] == []
-
-
-def test_gpus_beyond_a_fixed_cluster_fail_fast(fake_cluster, monkeypatch):
-    from synthgen.generate.engine import placement
-
-    monkeypatch.setattr(placement, "autoscaler_can_add_nodes", lambda: False)
-    with pytest.raises(SynthgenError, match=r"--gpus 2: the cluster has 0 GPU\(s\) and 16 CPU\(s\)"):
-        placement.actor_shapes(RunConfig(count=10, gpus=2))
-    assert fake_cluster["requests"] == []
-
-
-@pytest.mark.parametrize("kv, expected", [
-    ({}, False),  # no monitor status yet
-    ({"__autoscaling_status": {"1a": "node_1a"}}, False),  # `ray start`'s read-only monitor
-    ({"__autoscaling_status": {"1a": "node_1a", "2b": "node_2b"}}, False),
-    ({"__autoscaling_status": {"1a": "ray.head.default"}}, True),  # `ray up`: node types from cluster.yaml
-    ({"__autoscaler_v2_enabled": b"1"}, True),  # autoscaler v2 (KubeRay)
-    ({"__autoscaling_status": b"not json"}, False),
-])
-def test_autoscaler_detection(monkeypatch, kv, expected):
-    import ray.experimental.internal_kv
-
-    from synthgen.generate.engine import placement
-
-    def kv_get(key, namespace=None):
-        value = kv.get(key)
-        if isinstance(value, dict):
-            return json.dumps({"autoscaler_report": {"node_type_mapping": value}}).encode()
-        return value
-
-    monkeypatch.setattr(ray.experimental.internal_kv, "_internal_kv_get", kv_get)
-    assert placement.autoscaler_can_add_nodes() is expected
