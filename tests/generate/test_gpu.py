@@ -35,7 +35,7 @@ def test_cuda_fp32_is_close_to_cpu(tiny_checkpoint):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_shards_do_not_depend_on_lanes(tmp_path, tiny_checkpoint, precision):
-    from test_worker import SPEC, worker
+    from test_actor import SPEC, worker
 
     records = [worker(tmp_path, tiny_checkpoint, f"lanes{n}", device="cuda", threads=n, batch_size=b,
                       precision=precision)(SPEC) for n, b in ((1, 2048), (4, 100))]
