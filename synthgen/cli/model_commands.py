@@ -90,7 +90,7 @@ def sample(
     """Draw a grid of samples from a model into one PNG."""
     from synthgen.checkpoint import load_checkpoint
     from synthgen.generate.plan import check_seed, image_seeds
-    from synthgen.generate.sampling import generate
+    from synthgen.generate.sampling import NonFiniteOutput, generate
     from synthgen.imaging import image_grid, save_png
     from synthgen.train import resolve_device
 
@@ -106,7 +106,10 @@ def sample(
         classes = _label_rows(label, ckpt.config.class_names)
         seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
         labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None
-        images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+        try:
+            images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+        except NonFiniteOutput as err:
+            fail(f"{ckpt.source}: {err}")
         # each class starts a new row, so the blocks line up and column k shares its seed across classes
         ncol = min(columns, count)
         save_png(out, image_grid(_pad_rows(images, count, ncol), ncol), scale=scale)
