@@ -55,6 +55,8 @@ class Lane:
     def __init__(self, device: torch.device):
         self.device = device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if self.stream is not None:  # the model's weights were put on the device on the default stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
         self.buffers: dict[str, torch.Tensor] = {}
 
     def pinned(self, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,7 @@ class ImageRecipe:
             forward_done.record(lane.stream)
             host_pixels = lane.pinned("pixels", pixels).copy_(pixels, non_blocking=True)
             host_finite = lane.pinned("finite", finite).copy_(finite, non_blocking=True)
-            copied = torch.cuda.Event()
+            copied = torch.cuda.Event(blocking=True)  # its waiters sleep rather than spin a core each
             copied.record(lane.stream)
         forward_done.synchronize()
         return PendingImages(host_pixels, host_finite, self.precision, copied)
