@@ -127,8 +127,8 @@ class ShardGenerator:
         """One lane's work: ``(indices, seeds, labels, PNG bytes or raw pixels)`` for a run of indices."""
         seeds = image_seeds(self.config.seed, indices)
         labels = self.label_plan.labels(indices)
-        host = self.host_stage(seeds, conditional_labels(labels))  # before the slot, beside the other lanes
         lane = self._lane_resources()
+        host = self.host_stage(seeds, conditional_labels(labels), lane)  # before the slot, beside the other lanes
         with self.device_slots:
             started = time.perf_counter()
             copying = self.device_stage(host, lane)  # the forward and the conversion only

@@ -41,10 +41,11 @@ class NonFiniteOutput(ValueError):
 
 @dataclass
 class HostBatch:
-    """The host stage's output: one forward pass's inputs, padded to at least MIN_BATCH rows."""
+    """The host stage's output: one forward pass's inputs, on their way to the device (on a CPU, already
+    there), padded to at least MIN_BATCH rows."""
 
-    z: np.ndarray  # (rows, latent) float32
-    y: np.ndarray | None  # (rows,) int64, or None for an unconditional model
+    z: torch.Tensor  # (rows, latent) float32
+    y: torch.Tensor | None  # (rows,) int64, or None for an unconditional model
     count: int  # real rows; the rest is padding, computed and discarded
 
 
@@ -111,23 +112,23 @@ class ImageRecipe:
         self.latent_dim = latent_dim if latent_dim is not None else latent_dim_of(model)
         self.device = next(model.parameters()).device
 
-    def host_stage(self, seeds: np.ndarray, labels: np.ndarray | None) -> HostBatch:
-        """Noise and labels of one pass, padded to MIN_BATCH rows; numpy only, so lanes run it side by side."""
+    def host_stage(self, seeds: np.ndarray, labels: np.ndarray | None, lane: Lane) -> HostBatch:
+        """Noise and labels of one pass, padded to MIN_BATCH rows, and their copy to the device started on the
+        lane's stream: numpy and a memcpy, so lanes run it side by side, outside the device slot."""
         seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
         rows = max(len(seeds), MIN_BATCH)
         z = _padded(normal_from_seeds(seeds, self.latent_dim), rows)  # (rows, latent)
         y = None if labels is None else _padded(np.asarray(labels, dtype=np.int64), rows)  # (rows,)
-        return HostBatch(z, y, len(seeds))
+        with torch.cuda.stream(lane.stream) if lane.stream is not None else contextlib.nullcontext():
+            return HostBatch(lane.upload("z", z), None if y is None else lane.upload("y", y), len(seeds))
 
     @torch.inference_mode()
     def device_stage(self, batch: HostBatch, lane: Lane) -> PendingImages:
         """Forward and uint8 conversion, then the copy back started; returns once the device has done the
-        forward (so one slot holder at a time bounds device memory), not the copy."""
+        forward (so one slot holder at a time bounds the activations on the device), not the copy."""
         with torch.cuda.stream(lane.stream) if lane.stream is not None else contextlib.nullcontext():
-            z = lane.upload("z", batch.z)
-            y = None if batch.y is None else lane.upload("y", batch.y)
             with _autocast(self.device, self.precision):
-                out = self.model(z, y)[: batch.count]  # (count, C, H, W)
+                out = self.model(batch.z, batch.y)[: batch.count]  # (count, C, H, W); after the copy in
             finite = finite_rows(out)  # (count,)
             pixels = to_uint8_tensor(out)  # (count, H, W, C)
             if lane.stream is None:
@@ -143,7 +144,7 @@ class ImageRecipe:
 
     def run(self, seeds: np.ndarray, labels: np.ndarray | None, lane: Lane) -> np.ndarray:
         """One pass, stage after stage: (count,) seeds -> (count, H, W, C) uint8."""
-        return self.device_stage(self.host_stage(seeds, labels), lane).result()
+        return self.device_stage(self.host_stage(seeds, labels, lane), lane).result()
 
 
 def generate(

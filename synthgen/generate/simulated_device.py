@@ -47,18 +47,18 @@ class SimulatedDevice:
         self._image_shape = (height, width, channels)
         generator.device_slots = threading.BoundedSemaphore(1)
         if self.host_in_slot:
-            generator.host_stage = lambda seeds, labels: (seeds, labels)  # deferred into the slot
-            generator.device_stage = lambda inputs, lane: self.device_stage(real_host_stage(*inputs), lane)
+            generator.host_stage = lambda seeds, labels, lane: (seeds, labels)  # deferred into the slot
+            generator.device_stage = lambda inputs, lane: self.device_stage(real_host_stage(*inputs, lane), lane)
         else:
-            generator.host_stage = lambda seeds, labels: self.host_stage(real_host_stage, seeds, labels)
+            generator.host_stage = lambda *args: self.host_stage(real_host_stage, *args)
             generator.device_stage = self.device_stage
 
-    def host_stage(self, real_host_stage, seeds: np.ndarray, labels: np.ndarray | None) -> HostBatch:
+    def host_stage(self, real_host_stage, seeds: np.ndarray, labels: np.ndarray | None, lane: Lane) -> HostBatch:
         me = threading.current_thread().name
         with self._lock:
             self.host_stages += 1
             self.host_stages_beside_slot += self._holder not in (None, me)
-        return real_host_stage(seeds, labels)
+        return real_host_stage(seeds, labels, lane)
 
     def device_stage(self, batch: HostBatch, lane: Lane) -> _SimulatedCopy:
         with self._lock:
