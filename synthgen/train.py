@@ -11,6 +11,7 @@ training state), with a sample grid ``samples/epoch-NNN.png`` per epoch for eyeb
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +26,7 @@ from synthgen import storage
 from synthgen.errors import SynthgenError, stops_held
 from synthgen.generate.device import resolve_device
 from synthgen.generate.plan import image_seeds
-from synthgen.generate.sampling import generate
+from synthgen.generate.sampling import NonFiniteOutput, generate
 from synthgen.imaging import image_grid, save_png
 from synthgen.models import DCGANConfig, VAEConfig, config_to_dict
 from synthgen.models.dcgan import SUPPORTED_SIZES
@@ -329,6 +330,9 @@ def _save_samples(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Tra
     generator.eval()
     try:
         images = generate(generator, seeds, labels)  # (rows * cols, H, W, C) uint8
+    except NonFiniteOutput as err:  # a diverged generator: say so; the grid would be arbitrary pixels
+        print(f"warning: epoch {epoch}: no sample grid: {err}", file=sys.stderr, flush=True)
+        return
     finally:
         generator.train()
     os.makedirs(os.path.join(loc.root, "samples"), exist_ok=True)

@@ -62,8 +62,24 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def overflowing_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny checkpoint with class 1's label embedding scaled by 1e6: its activations stay finite in fp32 and
+    bf16 but pass fp16's 65504, so its class-1 images come out inf/NaN in fp16 only; do not modify it."""
+    from synthgen.checkpoint import load_checkpoint
+
+    out = tmp_path_factory.mktemp("overflowing-checkpoint")
+    make_tiny_checkpoint(out)
+    ckpt = load_checkpoint(str(out))
+    with torch.no_grad():
+        ckpt.model.label_embed.weight[1] *= 1e6
+    save_checkpoint(str(out), ckpt.model, ckpt.config)
+    return str(out)
+
+
 # --- Ray: one in-process instance per test session, and a real `ray start --head` node (with declared GPUs, so
 # GPU scheduling is exercised on a CPU machine) for runs that join a cluster.
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -91,7 +91,7 @@ def sample(
     from synthgen.checkpoint import load_checkpoint
     from synthgen.generate.device import resolve_device
     from synthgen.generate.plan import check_seed, image_seeds
-    from synthgen.generate.sampling import generate
+    from synthgen.generate.sampling import NonFiniteOutput, generate
     from synthgen.imaging import image_grid, save_png
 
     for flag, value in (("--count", count), ("--columns", columns), ("--scale", scale)):
@@ -110,7 +110,10 @@ def sample(
         classes = _label_rows(label, ckpt.config.class_names)
         seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
         labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None
-        images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+        try:
+            images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+        except NonFiniteOutput as err:
+            fail(f"{ckpt.source}: {err}")
         # each class starts a new row, so the blocks line up and column k shares its seed across classes
         ncol = min(columns, count)
         save_png(out, image_grid(_pad_rows(images, count, ncol), ncol), scale=scale)

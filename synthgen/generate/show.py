@@ -15,7 +15,7 @@ from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, image_seeds, shard_of
-from synthgen.generate.sampling import generate, make_deterministic
+from synthgen.generate.sampling import NonFiniteOutput, generate, make_deterministic
 from synthgen.imaging import decode_png, encode_png, png_settings
 
 
@@ -63,7 +63,10 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     seeds = image_seeds(job["seed"], np.array([index]))
     labels = plan.labels(np.array([index]))
     model = prepare_model(ckpt.model, manifest.identity()["inference_form"])
-    image = generate(model, seeds, labels, precision=job["precision"])[0]
+    try:
+        image = generate(model, seeds, labels, precision=job["precision"])[0]
+    except NonFiniteOutput as err:
+        raise SynthgenError(str(NonFiniteOutput(index, err.precision))) from None
     stored = _stored_image(loc, job["format"], record, index)
     names = plan.class_names
     pixels = decode_png(stored) if isinstance(stored, bytes) else stored

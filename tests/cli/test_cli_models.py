@@ -141,3 +141,17 @@ def test_sample_bad_label_and_count(trained: dict[str, Path], tmp_path: Path) ->
            "--label", "malignant, normal")
     _error(["sample", "--model", str(trained["dcgan"]), "--count", "0", "--out", out], "--count")
     _error(["sample", "--model", str(tmp_path / "nothing"), "--out", out], "nothing")
+
+
+def test_sample_of_a_model_with_nan_weights_is_one_line(tmp_path, tiny_checkpoint):
+    from conftest import make_tiny_checkpoint
+
+    from synthgen.checkpoint import save_checkpoint
+
+    make_tiny_checkpoint(tmp_path / "nan")
+    ckpt = load_checkpoint(str(tmp_path / "nan"))
+    ckpt.model.label_embed.weight.data[1] = float("nan")  # class 1's images become NaN
+    save_checkpoint(str(tmp_path / "nan"), ckpt.model, ckpt.config)
+    _error(["sample", "--model", str(tmp_path / "nan"), "--count", "4", "--out", str(tmp_path / "g.png"),
+            "--device", "cpu"], "image 4: the generator's output is not finite", "precision fp32")
+    assert not (tmp_path / "g.png").exists()

@@ -15,9 +15,11 @@ import pytest
 
 from synthgen.checkpoint import inspect_checkpoint
 from synthgen.dataset.format import Layout, raw_pixels
+from synthgen.errors import SynthgenError
 from synthgen.generate.actor import ShardGenerator, default_batch_size
 from synthgen.generate.config import WorkerConfig, allocator_env
 from synthgen.generate.plan import ShardSpec, parse_label_plan
+from synthgen.generate.simulated_device import SimulatedDevice
 from synthgen.imaging import decode_png
 
 
@@ -65,26 +67,49 @@ def test_raw_and_png_hold_the_same_pixels(tmp_path, tiny_checkpoint):
         np.testing.assert_array_equal(decode_png(png), raw)
 
 
-def test_lanes_run_concurrently(tmp_path, tiny_checkpoint, monkeypatch):
-    import synthgen.generate.actor as worker_module
-
+def test_lanes_run_concurrently(tmp_path, tiny_checkpoint):
     gen = worker(tmp_path, tiny_checkpoint, "lanes", lanes=2, batch_size=64)
     active, peak, lock = [0], [0], threading.Lock()
-    real_generate = worker_module.generate
+    real_device_stage = gen.device_stage
 
-    def counting_generate(*args, **kw):
+    def counting_device_stage(*args):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
-            return real_generate(*args, **kw)
+            return real_device_stage(*args)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(worker_module, "generate", counting_generate)
+    gen.device_stage = counting_device_stage
     gen(SPEC)
-    assert peak[0] == 2  # both lanes were inside the model at once
+    assert peak[0] == 2  # on a CPU both lanes were inside the model at once
+
+
+def test_host_work_of_one_lane_overlaps_the_device_slot_of_another(tmp_path, tiny_checkpoint):
+    """On an exclusive device, a lane makes its noise while another holds the slot; the old order (noise
+    inside the slot) never does. Counted from the order of events, not timed."""
+    counts = {}
+    for order in ("pipelined", "host in slot"):
+        gen = worker(tmp_path, tiny_checkpoint, order, lanes=2, batch_size=64)
+        device = SimulatedDevice(forward_s_per_row=0.05 / 64, host_in_slot=order != "pipelined")
+        device.attach(gen)
+        record = gen(ShardSpec(0, 0, 64 * 12))
+        assert record.rows == 64 * 12 and device.passes == 12 and device.most_holders == 1
+        counts[order] = device.host_stages_beside_slot
+    assert counts["pipelined"] >= 6  # of 12 host stages, all but the first and last few overlap a slot
+    assert counts["host in slot"] == 0
+
+
+def test_non_finite_output_fails_the_shard_naming_the_image(tmp_path, overflowing_checkpoint):
+    gen = worker(tmp_path, overflowing_checkpoint, "nan", lanes=2, batch_size=64, precision="fp16")
+    first = int(np.flatnonzero(gen.label_plan.labels(np.arange(SPEC.stop)) == 1)[0])
+    with pytest.raises(SynthgenError) as err:
+        gen(SPEC)
+    assert str(err.value).startswith(f"image {first}: the generator's output is not finite (inf or NaN) at "
+                                     "precision fp16; use --precision bf16")
+    assert not list((tmp_path / "nan").rglob("*.parquet"))  # nothing committed, no temporary file left
 
 
 def test_default_batch_shrinks_for_larger_images():

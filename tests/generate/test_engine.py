@@ -257,3 +257,42 @@ def test_raw_and_png_encodings_hold_the_same_pixels(tmp_path, tiny_checkpoint, r
     stored = images_by_index(png.out)
     for k, index in enumerate(table.column("index").to_pylist()):
         np.testing.assert_array_equal(pixels[k], decode_png(stored[index]))
+
+
+
+def test_the_progress_bar_moves_per_batch_not_per_shard(tmp_path, tiny_checkpoint, ray_local, monkeypatch):
+    from tqdm import tqdm
+
+    from synthgen.generate import engine
+    from synthgen.generate.engine import pool
+
+    updates: list[float] = []
+
+    class CountingBar(tqdm):
+        def update(self, n=1):
+            updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(engine, "tqdm", CountingBar)
+    monkeypatch.setattr(pool, "PROGRESS_POLL_S", 0.05)  # asked often, so a short run still shows steps
+    config = job(tmp_path, "bar", tiny_checkpoint, count=8000, shard_size=8000, batch_size=64)
+    run(config)
+    moves = [n for n in updates if n > 0]
+    assert sum(moves) == 8000 and len(moves) >= 3  # one shard, moved many times (once per shard before)
+    assert len(shard_digests(config.out)) == 1
+
+
+def test_non_finite_output_fails_the_run_in_one_line(tmp_path, overflowing_checkpoint, ray_local):
+    from synthgen.errors import SynthgenError
+
+    config = job(tmp_path, "nan", overflowing_checkpoint, count=300, shard_size=300, batch_size=64,
+                 precision="fp16", labels="malignant=0.9,normal=0.1")
+    from synthgen.generate.plan import LabelPlan, parse_label_plan
+
+    plan = LabelPlan.from_json(parse_label_plan(config.labels, ["malignant", "normal"]).to_json())
+    first = int(np.flatnonzero(plan.labels(np.arange(300)) == 1)[0])
+    with pytest.raises(SynthgenError) as err:
+        run(config)
+    assert str(err.value).startswith(f"shard 0 failed: image {first}: the generator's output is not finite")
+    assert "\n" not in str(err.value) and "precision fp16; use --precision bf16" in str(err.value)
+    assert not list(Path(config.out, "data").glob("*.parquet"))

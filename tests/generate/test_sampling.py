@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from synthgen.checkpoint import load_checkpoint
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import INFERENCE_FORMS, image_seeds
-from synthgen.generate.sampling import MIN_BATCH, generate, pass_bounds
+from synthgen.generate.sampling import MIN_BATCH, NonFiniteOutput, finite_rows, generate, pass_bounds
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,21 @@ def test_no_pass_is_padded_beyond_min_batch(tiny_model):
     finally:
         hook.remove()
     assert rows_seen == [250, 250, 250, 250, MIN_BATCH]
+
+
+def test_non_finite_output_is_refused_naming_the_first_bad_image(overflowing_checkpoint):
+    """Clamping keeps NaN, which became arbitrary pixels; now the first inf/NaN image is named."""
+    model = prepare_model(load_checkpoint(overflowing_checkpoint).model)
+    seeds, labels = image_seeds(0, np.arange(300)), np.zeros(300, np.int64)
+    labels[[170, 250]] = 1  # only class 1 overflows, and only in fp16
+    for precision in ("fp32", "bf16"):
+        assert generate(model, seeds, labels, batch_size=100, precision=precision).shape == (300, 28, 28, 1)
+    with pytest.raises(NonFiniteOutput, match=r"^image 170: .* at precision fp16; use --precision bf16"):
+        generate(model, seeds, labels, batch_size=100, precision="fp16")
+
+
+def test_finite_rows_finds_inf_and_nan_and_not_a_sum_that_overflows():
+    images = torch.zeros(4, 1, 2, 2)  # (B, C, H, W)
+    images[2, 0, 1, 1], images[1, 0, 0, 0] = float("inf"), float("nan")
+    assert finite_rows(images).tolist() == [True, False, False, True]
+    assert finite_rows(torch.full((4, 1, 2, 2), 3e38)).all()  # finite, though their sum is not

@@ -96,13 +96,22 @@ def _generate(config: RunConfig, pool: ActorPool, manifest: mf.Manifest, loc: st
     saver = _ManifestSaver(loc, manifest)
     space = SpaceCheck(loc, manifest)
     done = manifest.rows_done()
+
+    shown = done  # what the bar shows (a disabled tqdm keeps no count)
+
+    def show(rows_in_flight: int) -> None:  # the bar moves per batch; a retried shard never moves it back
+        nonlocal shown
+        if done + rows_in_flight > shown:
+            bar.update(done + rows_in_flight - shown)
+            shown = done + rows_in_flight
+
     t0 = time.perf_counter()
     try:
-        for record in pool.map_unordered(todo, summary):
+        for record in pool.map_unordered(todo, summary, on_progress=show):
             manifest.shards[record.shard_id] = record
             summary.generated += record.rows
             done += record.rows
-            bar.update(record.rows)
+            show(0)
             saver.maybe_save()
             space(config.count - done - pool.images_in_flight())
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -23,6 +23,9 @@ from synthgen.generate.plan import ShardSpec
 # Shards handed to each actor at once. The actor works on them concurrently (a threaded actor; its lanes
 # take batches first come, first served), so its cores stay busy while one shard drains and commits.
 IN_FLIGHT_PER_ACTOR = 2
+# How often the driver asks the actors how far their shards are, for the progress bar. The question runs in its
+# own concurrency group, so it is answered while both shard calls are busy.
+PROGRESS_POLL_S = 0.25
 
 
 class _RayShardGenerator:
@@ -47,6 +50,11 @@ class _RayShardGenerator:
     def ping(self) -> str:
         return self.generator.device if self.generator else "none"
 
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> dict[int, int]:
+        """Rows each shard in progress has handed to its writer so far."""
+        return dict(self.generator.progress)
+
     # a probe, not work: an actor whose model does not load will not load it on a retry either, and each retry
     # would print Ray's traceback of the failure to the user's terminal
     @ray.method(max_task_retries=0)
@@ -65,11 +73,13 @@ class ActorPool:
     def __init__(self, config: RunConfig, worker: WorkerConfig):
         self.config, self.worker = config, worker
         self.shapes = actor_shapes(config)
-        self.remote_cls = ray.remote(_RayShardGenerator)
+        self.remote_cls = ray.remote(concurrency_groups={"progress": 1})(_RayShardGenerator)
         self.shape_of: dict[int, ActorShape] = {}  # id(actor) -> its shape, to replace it alike
         self.actors = [self._new_actor(shape) for shape in self.shapes]
         self.device, self.gpu_ids, self.made_on = self._wait_ready()
         self.in_flight: dict = {}
+        self.progress_asked: dict = {}  # ObjectRef of a progress question -> the actor asked
+        self.rows_by_shard: dict[int, int] = {}  # shard id -> rows its actor has made so far
 
     def _new_actor(self, shape: ActorShape):
         # a GPU actor computes on its GPU or not at all; "auto" would fall back to the CPU without a word
@@ -100,7 +110,10 @@ class ActorPool:
             made_on += [where] if where not in made_on else []
         return ",".join(sorted({answer[0] for answer in answers})), [answer[1] for answer in answers], made_on
 
-    def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary) -> Iterator[mf.ShardRecord]:
+    def map_unordered(self, todo: Iterator[ShardSpec], summary: RunSummary,
+                      on_progress: Callable[[int], None] | None = None) -> Iterator[mf.ShardRecord]:
+        """Committed shards as they come back; ``on_progress(rows)`` hears of rows made in shards still in
+        flight while the driver waits (never of rows in a committed shard)."""
         retry: deque[ShardSpec] = deque()
         attempts: dict[int, int] = {}
         in_flight = self.in_flight  # ObjectRef -> (actor, spec)
@@ -117,8 +130,11 @@ class ActorPool:
                 return
             ready: list = []
             while not ready:  # short waits: a blocking ray.wait would hold off Ctrl-C indefinitely
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_POLL_S)
+                if on_progress is not None and not ready:
+                    on_progress(self._rows_in_flight())
             actor, spec = in_flight.pop(ready[0])
+            self.rows_by_shard.pop(spec.shard_id, None)
             load[id(actor)] -= 1
             try:
                 yield ray.get(ready[0])
@@ -132,6 +148,23 @@ class ActorPool:
                 self._replace_if_dead(actor, load)
             except RayTaskError as err:
                 raise SynthgenError(f"shard {spec.shard_id} failed: {_cause(err)}") from None
+
+    def _rows_in_flight(self) -> int:
+        """Rows made so far in the shards in flight, from the actors' latest answers; never waits for one."""
+        if self.progress_asked:
+            answered, _ = ray.wait(list(self.progress_asked), num_returns=len(self.progress_asked), timeout=0)
+            for ref in answered:
+                del self.progress_asked[ref]
+                try:
+                    self.rows_by_shard.update(ray.get(ref))
+                except (RayActorError, RayTaskError):
+                    pass  # a lost actor: its shards are retried, their rows counted when they land
+        asked = {id(actor) for actor in self.progress_asked.values()}
+        for actor in self.actors:
+            if id(actor) not in asked:
+                self.progress_asked[actor.progress.remote()] = actor
+        in_flight = {spec.shard_id for _, spec in self.in_flight.values()}
+        return sum(rows for shard, rows in self.rows_by_shard.items() if shard in in_flight)
 
     def images_in_flight(self) -> int:
         """Images in the shards handed out and not yet back."""
