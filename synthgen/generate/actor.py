@@ -39,12 +39,8 @@ from synthgen.generate.sampling import (
 from synthgen.imaging import encode_pngs, png_settings
 
 # Default rows per forward pass for a 28x28 image; larger images get proportionally fewer rows (never under
-# MIN_BATCH), so one batch's activations stay near the same size. Rows per pass never change the pixels.
-# On CPU a batch's buffers (activations, oneDNN scratch) must each stay under the actor's fixed mmap threshold
-# (worker_config.allocator_env, 64 MiB), or every batch maps and page-faults them afresh. Measured with the
-# bundled model, fp32: 256 rows fault as rarely as 96 (~1.3k faults/s), 512 rows do not (~52k/s, +200 MiB PSS).
-# Measured on 2 cores, one actor x 2 lanes, 100k images, 5 interleaved runs with Ray kept up: 96 rows
-# 10.5k images/s, 256 rows 11.2k (+7%); 512 and 1024 no faster than 256 (docs/benchmarks.md).
+# MIN_BATCH). On CPU a batch's buffers must stay under the actor's fixed mmap threshold (config.allocator_env), or
+# every batch page-faults them afresh: 256 rows do, 512 do not (measurements: docs/benchmarks.md, docs/design.md).
 CPU_BATCH, GPU_BATCH = 256, 2048
 REFERENCE_PIXELS = 28 * 28
 
