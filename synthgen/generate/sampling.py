@@ -2,8 +2,9 @@
 
 :class:`ImageRecipe` is that recipe, cut into the stages a GPU actor pipelines: the host stage (noise and
 labels, numpy, and their copy to the device started), the device stage (forward and uint8 conversion, copy
-back started) and the wait for the copy back. :func:`generate` runs the stages one after the other; the actor, ``synthgen show``, ``synthgen
-sample`` and training's sample grids all come through here, so they make the same bytes on the same device.
+back started) and the wait for the copy back. :func:`generate` runs the stages one after the other; the
+actor, ``synthgen show``, ``synthgen sample`` and training's sample grids all come through here, so they make
+the same bytes on the same device.
 
 Determinism across batching: CPU kernels pick another code path for small batch shapes (measured: batches
 of 1-11 rows give a few pixels one level off from 12 and more), so a forward pass never runs fewer than
