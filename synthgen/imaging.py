@@ -124,6 +124,23 @@ def decode_png(data: bytes) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def decode_pngs(pngs: list[bytes], shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """PNG bytes of same-shape images -> uint8 (B, H, W, C), decoded by imagecodecs (libpng) into one array.
+
+    Args:
+        pngs: the images' PNG bytes.
+        shape: (H, W, C) when known; else taken from the first image.
+    """
+    if shape is None:
+        shape = decode_png(pngs[0]).shape if pngs else (0, 0, 1)
+    out = np.empty((len(pngs), *shape), np.uint8)  # (B, H, W, C)
+    planes = out[:, :, :, 0] if shape[2] == 1 else out  # libpng writes grayscale as (H, W)
+    for k, png in enumerate(pngs):
+        # decoding straight into the batch array: 3-4x faster than Pillow per 28x28 image
+        imagecodecs.png_decode(png, out=planes[k])
+    return out
+
+
 def image_grid(images: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
     """Tile uint8 images (N, H, W, C) into one (rows*(H+pad)+pad, ncol*(W+pad)+pad, C) sheet."""
     n, h, w, c = images.shape
