@@ -18,6 +18,7 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -221,14 +222,22 @@ class SyntheticImageDataset(Dataset):
     """Map-style dataset over a synthgen dataset (Parquet or PNG layout, local or URI).
 
     Item ``i`` is the row at position ``i`` in index order (for a complete dataset, the image with index
-    ``i``): ``(float (C, H, W) tensor in [0, 1] or transform(PIL image), label)``.
+    ``i``): ``(float (C, H, W) tensor in [0, 1] or transform(PIL image), label)``. Reading in order is cheap;
+    random order decodes a row group per item unless ``cache`` (True or a cache directory) reads a decoded copy
+    (:mod:`synthgen.decoded_cache`). For training on synthetic images alone, :func:`loader` is faster still.
     """
 
-    def __init__(self, path_or_uri: str, transform: Transform | None = None, allow_incomplete: bool = False):
+    def __init__(self, path_or_uri: str, transform: Transform | None = None, allow_incomplete: bool = False,
+                 cache: bool | str | Path = False):
         self.info = open_dataset(str(path_or_uri), allow_incomplete)
         self.class_names = self.info.class_names
         self._reader = RowGroupReader(self.info, transform)
         self._starts = np.cumsum([0] + [p[2] for p in self.info.parts])  # first position of each part
+        self._cache = None
+        if cache:
+            from synthgen.decoded_cache import open_decoded_cache  # builds on this module
+
+            self._cache = open_decoded_cache(self.info, None if cache is True else cache)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -242,6 +251,9 @@ class SyntheticImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         part, k = self._locate(int(i))
+        if self._cache is not None:  # the decoded copy: any order at memory speed
+            columns = {"pixels": self._cache.pixels, "label": self._cache.labels}
+            return self._reader.item(columns, int(self._starts[part]) + k)
         return self._reader.item(self._reader.rows(part), k)
 
     def row(self, i: int) -> dict[str, Any]:

@@ -129,7 +129,9 @@ class SyntheticBatches(Dataset):
         if not self.dict_transforms:
             return fn(image), label
         out = fn({"image": image, "label": label})
-        return torch.as_tensor(out["image"]), out["label"]  # MONAI returns MetaTensors: keep plain tensors
+        image = out["image"]  # MONAI returns MetaTensors: plain tensors batch without collating metadata
+        return image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else torch.as_tensor(image), \
+            out["label"]
 
 
 def _only_batch(batches: list[tuple[Any, Any]]) -> tuple[Any, Any]:
