@@ -116,12 +116,16 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
     def _deal(self, spans: list[np.ndarray]) -> Iterator[BatchPlan]:
         # worker k of the DataLoader gets batches k, k + W, ...: deal spans to workers the same way
         queues, uniform = [], self.shuffle and self.window is None
+        # read-ahead: about a window of the worker's next rows (none when uniform: a batch may touch every group)
+        span_rows = len(spans[0]) if spans else 1
+        ahead_rows = (self.window or DEFAULT_WINDOW) * self.part_rows.mean() / self.workers  # per worker
+        depth = 0 if uniform else max(1, round(ahead_rows / span_rows))
         for w in range(self.workers):
             mine = spans[w::self.workers]
+            groups = [set(self._groups(span)) for span in mine] if depth else []
             batches = []
             for i, span in enumerate(mine):
-                # read-ahead: the worker's next span (none when uniform: a batch may touch every group)
-                ahead = self._groups(mine[i + 1]) if i + 1 < len(mine) and not uniform else ()
+                ahead = tuple(sorted(set().union(*groups[i + 1:i + 1 + depth]))) if depth else ()
                 batches += [BatchPlan(b, ahead) for b in _cut(span, self.batch_size)]
             queues.append(batches)
         if self.drop_last and self.rank_rows() % self.batch_size:  # the one short batch: the last span's last
