@@ -19,6 +19,7 @@ batch touches up to ``batch_size`` row groups). Only the final batch of a rank c
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -51,7 +52,8 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         seed: the shuffle's seed; epoch ``e`` uses ``(seed, e)`` on every rank.
         rank, world_size: this process's share, as torch's DistributedSampler takes them.
         num_workers: the DataLoader's workers (decides which spans each worker reads; any value is correct).
-        drop_last: drop this rank's final short batch.
+        drop_last: drop the final short batch, and on a rank with one row more than another, a full batch
+            too if that rank would otherwise take one more step (every rank then has the same ``len()``).
 
     Each ``iter()`` is one epoch and the next one reshuffles (``set_epoch`` chooses the epoch explicitly).
     """
@@ -81,8 +83,9 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         return (self.rank + 1) * n // w - self.rank * n // w
 
     def __len__(self) -> int:
-        rows = self.rank_rows()
-        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+        if self.drop_last:  # the smallest rank's full batches: the same count on every rank (DDP steps agree)
+            return self.rows // self.world_size // self.batch_size
+        return math.ceil(self.rank_rows() / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` epoch ``epoch`` (as DistributedSampler.set_epoch)."""
@@ -131,8 +134,8 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         if self.drop_last and self.rank_rows() % self.batch_size:  # the one short batch: the last span's last
             last = (len(spans) - 1) % self.workers
             queues[last] = queues[last][:-1]
-        for k in range(max((len(q) for q in queues), default=0)):
-            yield from (q[k] for q in queues if k < len(q))
+        dealt = (q[k] for k in range(max((len(q) for q in queues), default=0)) for q in queues if k < len(q))
+        yield from itertools.islice(dealt, len(self)) if self.drop_last else dealt
 
     def _groups(self, positions: np.ndarray) -> tuple[int, ...]:
         return tuple(np.unique(np.searchsorted(self.starts, positions, side="right") - 1).tolist())

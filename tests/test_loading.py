@@ -86,6 +86,9 @@ def test_window_bounds_how_far_a_row_moves():
     assert sum(len(b) for b in batches) == sum(rows) and all(len(b) == 256 for b in batches[:-1])
     dropped = WindowShuffleSampler(rows, 256, window=4, num_workers=2, drop_last=True)
     assert len(list(dropped)) == len(dropped) == sum(rows) // 256
+    # 1025 rows on 2 ranks: 512 and 513, so 2 and 3 batches; drop_last gives both 2 full ones (DDP steps agree)
+    ranks = [WindowShuffleSampler([1025], 256, rank=r, world_size=2, num_workers=2, drop_last=True) for r in (0, 1)]
+    assert [[len(b) for b in s] for s in ranks] == [[256, 256]] * 2 and [len(s) for s in ranks] == [2, 2]
 
 
 def _ddp_rank(rank: int, world_size: int, init_file: str, dataset: str, out: str) -> None:
