@@ -4,9 +4,10 @@ For each round, for 1, 2 and 4 workers, every path reads ``--images`` images (af
 in batches of 256 as float (B, C, H, W) tensors; paths run one after another inside the round, so they share
 the machine's conditions, and each is reported as a ratio to the PNG decode limit measured in the same round
 with as many processes. Limits: ``decode-limit`` = processes decoding the same PNG bytes (already in memory)
-with imagecodecs, the decoder synthgen's loader uses; ``decode-limit-pillow`` the same with Pillow (what HF
-datasets and ImageFolder readers use); ``raw-limit`` = processes turning uint8 pixels in memory into float
-batches (no decode). Peak RSS: of the main process and of the largest worker. Prints one JSON line per
+with libpng (imagecodecs, image by image into one array); ``decode-limit-pillow`` the same with Pillow (what
+HF datasets and ImageFolder readers use); ``batch-decode`` synthgen's own batch decoder for the stored-block
+PNGs of its Parquet shards (what its loader uses); ``raw-limit`` = processes turning uint8 pixels in memory
+into float batches (no decode). Peak RSS: of the main process and of the largest worker. Prints one JSON line per
 measurement and writes them all to ``--out``. ``--epoch DIR`` instead reads one shuffled epoch of DIR.
 """
 
@@ -22,6 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import psutil
 import pyarrow.fs as pafs
@@ -80,25 +82,33 @@ def timed(batches, images: int | None) -> tuple[float, int]:
     return seen / (time.perf_counter() - start), seen
 
 
-def _decode_share(args: tuple[int, int, str]) -> int:
-    start, stop, how = args
-    for b in range(start, stop, BATCH):
-        pngs = _PNGS[b:min(stop, b + BATCH)]
-        if how == "imagecodecs":
+def _decode_share(args: tuple[int, str]) -> int:
+    """Decode ``count`` images in batches, cycling over the PNGs in memory; numpy only (torch's OpenMP pool
+    must not be used in a process forked from one that started it)."""
+    count, how = args
+    out = np.empty((BATCH, *_RAW.shape[1:]), np.uint8)  # (B, H, W, C)
+    planes = out[..., 0] if out.shape[-1] == 1 else out
+    for b in range(0, count, BATCH):
+        first = b % (len(_PNGS) - BATCH)
+        pngs = _PNGS[first:first + BATCH]
+        if how == "imagecodecs":  # libpng, image by image, into the batch array
+            for k, png in enumerate(pngs):
+                imagecodecs.png_decode(png, out=planes[k])
+        elif how == "batch":  # synthgen's batch road for its own stored-block PNGs
             decode_pngs(pngs)
         elif how == "pillow":
             np.stack([decode_png(p) for p in pngs])
-        else:  # raw: the pixels already decoded, made into a float batch
-            torch.from_numpy(_RAW[b:min(stop, b + BATCH)].transpose(0, 3, 1, 2).copy()).float().div_(255)
-    return stop - start
+        else:  # raw: pixels already decoded, made into a float (B, C, H, W) batch
+            _RAW[first:first + BATCH].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    return count
 
 
 def limit(how: str, workers: int, images: int) -> float:
+    """Images/s of ``workers`` processes decoding ``images`` images in all (start-up left out)."""
     with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_decode_share, [(0, BATCH, how)] * workers))  # start the processes first
-        share = images // workers
+        list(pool.map(_decode_share, [(BATCH, how)] * workers))  # start the processes first
         start = time.perf_counter()
-        done = sum(pool.map(_decode_share, [(w * share, (w + 1) * share, how) for w in range(workers)]))
+        done = sum(pool.map(_decode_share, [(images // workers, how)] * workers))
     return done / (time.perf_counter() - start)
 
 
@@ -200,9 +210,10 @@ def paths(args, workers: int, s3_uri: str | None, hf) -> dict:
 def measure_round(args, round_no: int, s3_uri: str | None, hf) -> list[dict]:
     rows = []
     for workers in args.workers:
-        rows.append(record(round_no, workers, "decode-limit", limit("imagecodecs", workers, args.images)))
-        rows.append(record(round_no, workers, "decode-limit-pillow", limit("pillow", workers, args.images // 4)))
-        rows.append(record(round_no, workers, "raw-limit", limit("raw", workers, args.images)))
+        rows.append(record(round_no, workers, "decode-limit", limit("imagecodecs", workers, args.limit_images)))
+        rows.append(record(round_no, workers, "decode-limit-pillow", limit("pillow", workers, args.images)))
+        rows.append(record(round_no, workers, "batch-decode", limit("batch", workers, args.limit_images)))
+        rows.append(record(round_no, workers, "raw-limit", limit("raw", workers, args.limit_images)))
         for name, (make, images) in paths(args, workers, s3_uri, hf).items():
             with PeakMemory() as peak:
                 batches = make()
@@ -237,7 +248,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parquet", help="a synthgen Parquet dataset (PNG encoding)")
     parser.add_argument("--png-tree", help="a synthgen --format png dataset")
-    parser.add_argument("--images", type=int, default=40_960, help="images timed per fast path")
+    parser.add_argument("--images", type=int, default=40_960, help="images timed per slow path (some: /4, /16)")
+    parser.add_argument("--limit-images", type=int, default=200_000, help="images decoded per limit")
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cache", default="/tmp/synthgen-bench-cache")
@@ -246,6 +258,7 @@ def main() -> None:
     parser.add_argument("--epoch", help="instead: one shuffled epoch of this dataset, 2 workers")
     parser.add_argument("--out", default="consume.json")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # no OpenMP pool in this process: the limit pools and DataLoader workers fork it
     if args.epoch:
         return epoch(args.epoch, 2)
     first = pq.ParquetFile(os.path.join(args.parquet, "data", "shard-00000.parquet"))

@@ -125,7 +125,10 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def decode_pngs(pngs: list[bytes], shape: tuple[int, int, int] | None = None) -> np.ndarray:
-    """PNG bytes of same-shape images -> uint8 (B, H, W, C), decoded by imagecodecs (libpng) into one array.
+    """PNG bytes of same-shape images -> uint8 (B, H, W, C) in one array.
+
+    The PNGs of synthgen's Parquet shards (stored deflate blocks, Sub filter) are decoded all at once, with
+    their CRCs checked (about 1.5 us per 28x28 image); any other PNG by imagecodecs (libpng, about 9 us).
 
     Args:
         pngs: the images' PNG bytes.
@@ -133,12 +136,41 @@ def decode_pngs(pngs: list[bytes], shape: tuple[int, int, int] | None = None) ->
     """
     if shape is None:
         shape = decode_png(pngs[0]).shape if pngs else (0, 0, 1)
+    stored = _decode_stored(pngs, tuple(shape))
+    if stored is not None:
+        return stored
     out = np.empty((len(pngs), *shape), np.uint8)  # (B, H, W, C)
     planes = out[:, :, :, 0] if shape[2] == 1 else out  # libpng writes grayscale as (H, W)
     for k, png in enumerate(pngs):
         # decoding straight into the batch array: 3-4x faster than Pillow per 28x28 image
         imagecodecs.png_decode(png, out=planes[k])
     return out
+
+
+def _decode_stored(pngs: list[bytes], shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The inverse of :func:`_fill_stored_frames`: when every PNG is the stored-block frame of ``shape`` (as
+    synthgen's Parquet shards hold them), undo the Sub filter of the whole batch at once (a running sum per
+    row, mod 256) after checking each image's CRC; else None (the caller decodes image by image)."""
+    frame = _stored_frame(shape, tuple(sorted(PARQUET_PNG_SETTINGS.items())))
+    height, width, channels = shape
+    scan = height * (1 + width * channels)
+    size = (len(frame) + scan + 8 + len(_IEND)) if frame else -1
+    if not pngs or any(len(png) != size for png in pngs):
+        return None
+    data = np.frombuffer(b"".join(pngs), np.uint8).reshape(len(pngs), size)  # (B, PNG bytes)
+    head = len(frame)
+    rows = data[:, head:head + scan].reshape(len(pngs), height, 1 + width * channels)  # (B, H, 1 + W*C)
+    if not (np.array_equal(data[0, :head], np.frombuffer(frame, np.uint8)) and (data[:, :head] == data[0, :head]).all()
+            and (rows[:, :, 0] == 1).all()):  # same frame, every row Sub-filtered
+        return None
+    crcs = data[:, head + scan + 4:head + scan + 8].copy().view(">u4")[:, 0]  # (B,)
+    chunk = slice(head - _STORED_HEADER - 4, head + scan + 4)  # what each image's CRC covers
+    if any(zlib.crc32(png[chunk]) != int(crc) for png, crc in zip(data, crcs)):
+        return None  # a damaged image: libpng says which way
+    pixels = rows[:, :, 1:].reshape(len(pngs), height, width, channels).copy()  # (B, H, W, C) Sub deltas
+    for x in range(1, width):  # undo Sub: add the pixel to the left, mod 256 (4x faster than np.cumsum here)
+        pixels[:, :, x] += pixels[:, :, x - 1]
+    return pixels
 
 
 def image_grid(images: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
