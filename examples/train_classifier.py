@@ -57,14 +57,19 @@ def evaluate(model: nn.Module, test: RealImageDataset) -> float:
     return auc(scores, test.data.labels)
 
 
-def train(model: nn.Module, batches, epochs: int, lr: float = 1e-3) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def train(model: nn.Module, batches, epochs: int, max_steps: int | None = None, lr: float = 1e-3) -> int:
+    """Adam on cross-entropy; returns the steps taken."""
+    opt, steps = torch.optim.Adam(model.parameters(), lr=lr), 0
+    model.train()
     for _ in range(epochs):
-        model.train()
         for x, y in batches:  # each pass over a synthgen loader is its next (reshuffled) epoch
             opt.zero_grad()
             nn.functional.cross_entropy(model(x * 2 - 1), y).backward()  # (B, K) logits
             opt.step()
+            steps += 1
+            if steps == max_steps:
+                return steps
+    return steps
 
 
 def main() -> None:
@@ -74,6 +79,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="synthetic share of the mixed data")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synthetic-steps", type=int, default=400, help="steps of the synthetic-only run")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     test = RealImageDataset(args.real, split="test")
@@ -90,8 +96,9 @@ def main() -> None:
     fast = loader(args.synthetic, batch_size=256, num_workers=2, transform=augmentations(dictionary=True),
                   dict_transforms=True)  # per item, MONAI dictionary transforms when installed
     model = SmallCNN(1, 2)
-    train(model, fast, 1)
-    print(f"synthetic only ({len(fast.dataset)} images, 1 epoch): test AUC {evaluate(model, test):.3f}")
+    steps = train(model, fast, 1, args.synthetic_steps)
+    print(f"synthetic only ({steps} batches of 256 of {len(fast.dataset)} images): "
+          f"test AUC {evaluate(model, test):.3f}")
 
 
 class _Augmented(torch.utils.data.Dataset):

@@ -168,22 +168,32 @@ class RowGroupReader:
             self._cached = (part, self.read(part))
         return self._cached[1]
 
-    def read(self, part: int) -> dict[str, Any]:
-        """Read row group ``part`` (what :meth:`rows` returns) without caching it."""
+    def read(self, part: int, meta: tuple[str, ...] = ("index", "seed", "label"),
+             png_rows: bool = False) -> dict[str, Any]:
+        """Read row group ``part`` (what :meth:`rows` returns) without caching it.
+
+        Args:
+            meta: the columns besides the image to read (as lists).
+            png_rows: give PNGs of one length as the rows of a uint8 (rows, size) array ("png_rows"), with
+                no Python object per row; else (or when their lengths differ) a list ("png").
+        """
         rel, group, _ = self.info.parts[part]
         image_col = "image" if self.info.layout == "parquet" else "file_name"
         handle, footer = self._open(rel)
         # pre_buffer: one coalesced read for the row group's columns (a request each on object stores)
         parquet = pq.ParquetFile(handle, metadata=footer, pre_buffer=not self.loc.is_local)
-        table = parquet.read_row_group(group, columns=[image_col, "index", "seed", "label"])
-        cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
-        if pa.types.is_string(table.column("seed").type):  # metadata.parquet stores seeds as strings
+        table = parquet.read_row_group(group, columns=[image_col, *meta])
+        cols = {name: table.column(name).to_pylist() for name in meta}
+        if "seed" in cols and pa.types.is_string(table.column("seed").type):  # metadata.parquet: strings
             cols["seed"] = [int(seed) for seed in cols["seed"]]
         if image_col == "image":
             images = table.column("image").combine_chunks()
             pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
+            rows = _same_length_rows(images.field("bytes")) if pixels is None and png_rows else None
             if pixels is not None:
                 cols["pixels"] = pixels  # (rows, H, W, C) uint8
+            elif rows is not None:
+                cols["png_rows"] = rows  # (rows, PNG size) uint8
             else:
                 cols["png"] = images.field("bytes").to_pylist()
         else:
@@ -216,6 +226,20 @@ class RowGroupReader:
                 img.load()
                 return self.transform(img), int(cols["label"][k])
         return to_tensor(self.image(cols, k)), int(cols["label"][k])
+
+
+def _same_length_rows(values: pa.Array) -> np.ndarray | None:
+    """A binary column whose values all have one length, as a zero-copy uint8 (rows, length) view; else None."""
+    if not len(values) or values.null_count or not (pa.types.is_binary(values.type)
+                                                    or pa.types.is_large_binary(values.type)):
+        return None
+    width = 8 if pa.types.is_large_binary(values.type) else 4
+    offsets = np.frombuffer(values.buffers()[1], f"<i{width}", count=len(values) + 1, offset=values.offset * width)
+    sizes = np.diff(offsets)
+    if (sizes != sizes[0]).any() or sizes[0] == 0:
+        return None
+    data = np.frombuffer(values.buffers()[2], np.uint8)
+    return data[offsets[0]:offsets[-1]].reshape(len(values), int(sizes[0]))  # (rows, length)
 
 
 class SyntheticImageDataset(Dataset):

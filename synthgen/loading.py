@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from synthgen.data import DatasetInfo, RowGroupReader, open_dataset, rank_and_world
 from synthgen.decoded_cache import DecodedCache, open_decoded_cache
 from synthgen.errors import SynthgenError
-from synthgen.imaging import decode_pngs
+from synthgen.imaging import decode_png_rows, decode_pngs
 from synthgen.sampler import DEFAULT_WINDOW, BatchPlan, WindowShuffleSampler
 
 BatchTransform = Callable[[Any], Any]
@@ -61,7 +61,7 @@ class _GroupFetcher:
         return {part: self._groups[part].result() for part in parts}
 
     def _read(self, part: int) -> dict[str, Any]:
-        cols = self.reader.read(part)
+        cols = self.reader.read(part, meta=("label",), png_rows=True)
         cols["label"] = np.asarray(cols["label"], dtype=np.int64)
         if "file_name" in cols:  # the PNG tree: the group's files, read here so that they are read ahead too
             cols["png"] = [self.reader.png(cols, k) for k in range(len(cols["file_name"]))]
@@ -104,13 +104,28 @@ class SyntheticBatches(Dataset):
         parts = np.searchsorted(self.starts, plan.positions, side="right") - 1
         groups = self._fetcher.get(np.unique(parts).tolist(), plan.ahead)
         rows = plan.positions - self.starts[parts]
-        labels = np.array([groups[p]["label"][k] for p, k in zip(parts.tolist(), rows.tolist())], np.int64)
-        if "pixels" in groups[int(parts[0])]:  # --encoding raw
-            pixels = np.stack([groups[p]["pixels"][k] for p, k in zip(parts.tolist(), rows.tolist())])
-        else:
-            pngs = [groups[p]["png"][k] for p, k in zip(parts.tolist(), rows.tolist())]
+        kinds = {next(k for k in ("pixels", "png_rows", "png") if k in cols) for cols in groups.values()}
+        widths = {cols["png_rows"].shape[1] for cols in groups.values() if "png_rows" in cols}
+        if kinds == {"pixels"} or (kinds == {"png_rows"} and len(widths) == 1):  # a batch of arrays: no loop
+            key = kinds.pop()
+            labels, stacked = self._gather(groups, parts, rows, key)
+            pixels = stacked if key == "pixels" else decode_png_rows(stacked, self.shape or _shape(stacked[0]))
+        else:  # PNGs of several lengths (compressed ones, the PNG tree): one by one
+            pairs = zip(parts.tolist(), rows.tolist())
+            labels = np.array([groups[p]["label"][k] for p, k in zip(parts.tolist(), rows.tolist())], np.int64)
+            pngs = [_png(groups[p], k) for p, k in pairs]
             pixels = decode_pngs(pngs, self.shape)
         return pixels, labels  # (B, H, W, C) uint8, (B,)
+
+    @staticmethod
+    def _gather(groups: dict[int, dict], parts: np.ndarray, rows: np.ndarray, key: str):
+        """labels (B,) and ``key``'s rows (B, ...) of the batch, group by group."""
+        first = groups[int(parts[0])][key]
+        labels, out = np.empty(len(parts), np.int64), np.empty((len(parts), *first.shape[1:]), first.dtype)
+        for part, cols in groups.items():
+            mine = parts == part
+            labels[mine], out[mine] = cols["label"][rows[mine]], cols[key][rows[mine]]
+        return labels, out
 
     def _finish(self, pixels: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
         images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (B, C, H, W) uint8
@@ -132,6 +147,14 @@ class SyntheticBatches(Dataset):
         image = out["image"]  # MONAI returns MetaTensors: plain tensors batch without collating metadata
         return image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else torch.as_tensor(image), \
             out["label"]
+
+
+def _png(cols: dict[str, Any], k: int) -> bytes:
+    return cols["png"][k] if "png" in cols else cols["png_rows"][k].tobytes()
+
+
+def _shape(png: np.ndarray) -> tuple[int, int, int]:
+    return decode_pngs([png.tobytes()]).shape[1:]
 
 
 def _only_batch(batches: list[tuple[Any, Any]]) -> tuple[Any, Any]:

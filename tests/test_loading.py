@@ -17,9 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_data import digest, write_dataset
 
-from synthgen.data import SyntheticImageDataset, loader
+from synthgen.data import RowGroupReader, SyntheticImageDataset, loader
 from synthgen.decoded_cache import cache_key
 from synthgen.errors import SynthgenError
+from synthgen.imaging import PARQUET_PNG_SETTINGS
 from synthgen.sampler import WindowShuffleSampler
 
 
@@ -51,6 +52,22 @@ def test_two_workers_and_ranks_read_every_row_once(breast_ds, expected, world_si
             assert len(mine) == dl.batch_sampler.rank_rows() and len(batches) == len(dl)  # len() holds
             seen += mine
         assert sorted(seen) == expected, options  # all ranks together: every row exactly once
+
+
+@pytest.mark.parametrize("kind", ["stored", "raw", "png-tree"])
+def test_every_layout_gives_the_items_of_the_map_style_dataset(tmp_path, breast, kind):
+    """Stored-block PNGs (as synthgen run writes Parquet: decoded a batch at a time), raw pixels, a PNG tree."""
+    options = {"stored": {"png_settings": PARQUET_PNG_SETTINGS}, "raw": {"encoding": "raw"},
+               "png-tree": {"fmt": "png"}}[kind]
+    ds = write_dataset(tmp_path / kind, breast.images, breast.labels, ["malignant", "normal"], 200, **options)
+    plain = SyntheticImageDataset(ds)
+    read = RowGroupReader(plain.info, None).read(0, png_rows=True)
+    assert ("png_rows" in read) == (kind == "stored")  # one PNG length: rows of one array, no object per row
+    images, labels = zip(*loader(ds, batch_size=100, shuffle=False, num_workers=0))
+    assert torch.equal(torch.cat(images), torch.stack([plain[i][0] for i in range(len(plain))]))
+    assert torch.cat(labels).tolist() == breast.labels.tolist()
+    shuffled = digests(loader(ds, batch_size=64, num_workers=2, window=1))
+    assert sorted(shuffled) == sorted(digests(zip(images, labels)))
 
 
 def test_epochs_reshuffle_and_are_seeded(breast_ds, expected):
