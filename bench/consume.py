@@ -40,10 +40,11 @@ _PNGS: list[bytes] = []  # filled before the limit pools fork, so their processe
 
 
 class PeakMemory:
-    """Samples the RSS of this process and of each child every 50 ms."""
+    """Samples the RSS of this process and of each child started since (not Ray's daemons) every 50 ms."""
 
     def __init__(self):
         self.main = self.worker = 0
+        self._before = {child.pid for child in psutil.Process().children(recursive=True)}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -61,7 +62,8 @@ class PeakMemory:
             try:
                 self.main = max(self.main, me.memory_info().rss)
                 for child in me.children(recursive=True):
-                    self.worker = max(self.worker, child.memory_info().rss)
+                    if child.pid not in self._before:
+                        self.worker = max(self.worker, child.memory_info().rss)
             except psutil.Error:
                 pass
 
@@ -203,7 +205,8 @@ def paths(args, workers: int, s3_uri: str | None, hf) -> dict:
             lambda: DataLoader(ImageFolderPIL(os.path.join(args.png_tree, "images")), BATCH, shuffle=True,
                                num_workers=workers), n // 4)
     if args.ray and workers == 2:
-        table["Ray Data iter_torch_batches (2 CPUs, local shuffle 16k)"] = (lambda: ray_batches(p, n), n)
+        # timed from the start: Ray Data runs ahead in the background, so a warm-up would hide its work
+        table["Ray Data iter_torch_batches (2 CPUs, local shuffle 16k)"] = (lambda: ray_batches(p, n), None)
     return table
 
 
@@ -231,14 +234,14 @@ def record(round_no: int, workers: int, path: str, rate: float, seen: int = 0, p
     return row
 
 
-def epoch(path: str, workers: int) -> None:
+def epoch(path: str, workers: int, cache: str | None) -> None:
     """One shuffled epoch through the recommended loader: time, rows and peak RSS of main and workers."""
     with PeakMemory() as peak:
         start, seen = time.perf_counter(), 0
-        for x, _ in loader(path, BATCH, True, workers):
+        for x, _ in loader(path, BATCH, True, workers, cache=cache or False):
             seen += len(x)
         seconds = time.perf_counter() - start
-    print(json.dumps({"epoch": path, "workers": workers, "rows": seen, "seconds": round(seconds, 1),
+    print(json.dumps({"epoch": path, "workers": workers, "cache": cache, "rows": seen, "seconds": round(seconds, 1),
                       "images_per_s": round(seen / seconds), "peak_main_mib": peak.main >> 20,
                       "peak_worker_mib": peak.worker >> 20}), flush=True)
 
@@ -256,11 +259,12 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="also read a copy on a local moto S3 server")
     parser.add_argument("--ray", action="store_true", help="also Ray Data (with 2 workers)")
     parser.add_argument("--epoch", help="instead: one shuffled epoch of this dataset, 2 workers")
+    parser.add_argument("--epoch-cache", action="store_true", help="that epoch through the decoded cache")
     parser.add_argument("--out", default="consume.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # no OpenMP pool in this process: the limit pools and DataLoader workers fork it
     if args.epoch:
-        return epoch(args.epoch, 2)
+        return epoch(args.epoch, 2, args.cache if args.epoch_cache else None)
     first = pq.ParquetFile(os.path.join(args.parquet, "data", "shard-00000.parquet"))
     _PNGS = [png["bytes"] for png in first.read(columns=["image"]).column("image").to_pylist()][:args.images]
     _RAW = decode_pngs(_PNGS)  # (N, H, W, 1)
