@@ -18,6 +18,7 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
@@ -137,17 +138,23 @@ def _hf_class_names(loc: storage.Location, rel: str) -> list[str]:
     return [str(n) for n in label.get("names", [])] if isinstance(label, dict) else []
 
 
-class _RowGroupReader:
-    """Reads one row group at a time and keeps the last; opens the filesystem lazily (per process)."""
+class RowGroupReader:
+    """Reads row groups: :meth:`rows` keeps the last one, :meth:`read` (safe from threads) keeps none.
+
+    The filesystem, each file's footer and an open handle per file are made lazily in each process, so a
+    DataLoader worker reading many row groups of a file pays one open and one footer read (on object stores
+    each of those is a request).
+    """
 
     def __init__(self, info: DatasetInfo, transform: Transform | None):
         self.info, self.transform = info, transform
         self._loc: storage.Location | None = None
         self._cached: tuple[int, dict[str, list]] | None = None
+        self._files: dict[str, tuple[Any, pq.FileMetaData]] = {}
 
     def __getstate__(self) -> dict:
-        # filesystems and cached rows stay behind: each DataLoader worker opens its own
-        return {**self.__dict__, "_loc": None, "_cached": None}
+        # filesystems, open files and cached rows stay behind: each DataLoader worker opens its own
+        return {**self.__dict__, "_loc": None, "_cached": None, "_files": {}}
 
     @property
     def loc(self) -> storage.Location:
@@ -156,26 +163,49 @@ class _RowGroupReader:
         return self._loc
 
     def rows(self, part: int) -> dict[str, list]:
-        """Columns of row group ``part``: index, seed, label and png (bytes) or file_name."""
+        """Columns of row group ``part``: index, seed, label and png (bytes), pixels or file_name."""
         if self._cached is None or self._cached[0] != part:
-            rel, group, _ = self.info.parts[part]
-            image_col = "image" if self.info.layout == "parquet" else "file_name"
-            with self.loc.fs.open_input_file(self.loc.join(rel)) as f:
-                table = pq.ParquetFile(f).read_row_group(group, columns=[image_col, "index", "seed", "label"])
-            cols = {name: table.column(name).to_pylist() for name in ("index", "seed", "label")}
-            if pa.types.is_string(table.column("seed").type):  # metadata.parquet stores seeds as strings
-                cols["seed"] = [int(seed) for seed in cols["seed"]]
-            if image_col == "image":
-                images = table.column("image").combine_chunks()
-                pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
-                if pixels is not None:
-                    cols["pixels"] = pixels  # (rows, H, W, C) uint8
-                else:
-                    cols["png"] = images.field("bytes").to_pylist()
-            else:
-                cols["file_name"] = table.column("file_name").to_pylist()
-            self._cached = (part, cols)
+            self._cached = (part, self.read(part))
         return self._cached[1]
+
+    def read(self, part: int, meta: tuple[str, ...] = ("index", "seed", "label"),
+             png_rows: bool = False) -> dict[str, Any]:
+        """Read row group ``part`` (what :meth:`rows` returns) without caching it.
+
+        Args:
+            meta: the columns besides the image to read (as lists).
+            png_rows: give PNGs of one length as the rows of a uint8 (rows, size) array ("png_rows"), with
+                no Python object per row; else (or when their lengths differ) a list ("png").
+        """
+        rel, group, _ = self.info.parts[part]
+        image_col = "image" if self.info.layout == "parquet" else "file_name"
+        handle, footer = self._open(rel)
+        # pre_buffer: one coalesced read for the row group's columns (a request each on object stores)
+        parquet = pq.ParquetFile(handle, metadata=footer, pre_buffer=not self.loc.is_local)
+        table = parquet.read_row_group(group, columns=[image_col, *meta])
+        cols = {name: table.column(name).to_pylist() for name in meta}
+        if "seed" in cols and pa.types.is_string(table.column("seed").type):  # metadata.parquet: strings
+            cols["seed"] = [int(seed) for seed in cols["seed"]]
+        if image_col == "image":
+            images = table.column("image").combine_chunks()
+            pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
+            rows = _same_length_rows(images.field("bytes")) if pixels is None and png_rows else None
+            if pixels is not None:
+                cols["pixels"] = pixels  # (rows, H, W, C) uint8
+            elif rows is not None:
+                cols["png_rows"] = rows  # (rows, PNG size) uint8
+            else:
+                cols["png"] = images.field("bytes").to_pylist()
+        else:
+            cols["file_name"] = table.column("file_name").to_pylist()
+        return cols
+
+    def _open(self, rel: str) -> tuple[Any, pq.FileMetaData]:
+        # one random-access handle per file, shared by threads: pyarrow's ReadAt is thread-safe
+        if rel not in self._files:
+            handle = self.loc.fs.open_input_file(self.loc.join(rel))
+            self._files[rel] = (handle, pq.ParquetFile(handle).metadata)
+        return self._files[rel]
 
     def png(self, cols: dict[str, list], k: int) -> bytes:
         if "png" in cols:
@@ -198,18 +228,40 @@ class _RowGroupReader:
         return to_tensor(self.image(cols, k)), int(cols["label"][k])
 
 
+def _same_length_rows(values: pa.Array) -> np.ndarray | None:
+    """A binary column whose values all have one length, as a zero-copy uint8 (rows, length) view; else None."""
+    if not len(values) or values.null_count or not (pa.types.is_binary(values.type)
+                                                    or pa.types.is_large_binary(values.type)):
+        return None
+    width = 8 if pa.types.is_large_binary(values.type) else 4
+    offsets = np.frombuffer(values.buffers()[1], f"<i{width}", count=len(values) + 1, offset=values.offset * width)
+    sizes = np.diff(offsets)
+    if (sizes != sizes[0]).any() or sizes[0] == 0:
+        return None
+    data = np.frombuffer(values.buffers()[2], np.uint8)
+    return data[offsets[0]:offsets[-1]].reshape(len(values), int(sizes[0]))  # (rows, length)
+
+
 class SyntheticImageDataset(Dataset):
     """Map-style dataset over a synthgen dataset (Parquet or PNG layout, local or URI).
 
     Item ``i`` is the row at position ``i`` in index order (for a complete dataset, the image with index
-    ``i``): ``(float (C, H, W) tensor in [0, 1] or transform(PIL image), label)``.
+    ``i``): ``(float (C, H, W) tensor in [0, 1] or transform(PIL image), label)``. Reading in order is cheap;
+    random order decodes a row group per item unless ``cache`` (True or a cache directory) reads a decoded copy
+    (:mod:`synthgen.decoded_cache`). For training on synthetic images alone, :func:`loader` is faster still.
     """
 
-    def __init__(self, path_or_uri: str, transform: Transform | None = None, allow_incomplete: bool = False):
+    def __init__(self, path_or_uri: str, transform: Transform | None = None, allow_incomplete: bool = False,
+                 cache: bool | str | Path = False):
         self.info = open_dataset(str(path_or_uri), allow_incomplete)
         self.class_names = self.info.class_names
-        self._reader = _RowGroupReader(self.info, transform)
+        self._reader = RowGroupReader(self.info, transform)
         self._starts = np.cumsum([0] + [p[2] for p in self.info.parts])  # first position of each part
+        self._cache = None
+        if cache:
+            from synthgen.decoded_cache import open_decoded_cache  # builds on this module
+
+            self._cache = open_decoded_cache(self.info, None if cache is True else cache)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -223,6 +275,9 @@ class SyntheticImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         part, k = self._locate(int(i))
+        if self._cache is not None:  # the decoded copy: any order at memory speed
+            columns = {"pixels": self._cache.pixels, "label": self._cache.labels}
+            return self._reader.item(columns, int(self._starts[part]) + k)
         return self._reader.item(self._reader.rows(part), k)
 
     def row(self, i: int) -> dict[str, Any]:
@@ -266,9 +321,9 @@ class IterableSyntheticDataset(IterableDataset):
                  allow_incomplete: bool = False):
         self.info = open_dataset(str(path_or_uri), allow_incomplete)
         self.class_names = self.info.class_names
-        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self._reader = _RowGroupReader(self.info, transform)
+        self._reader = RowGroupReader(self.info, transform)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for a new epoch (same order on every rank, so the split still covers each row once)."""
@@ -294,7 +349,8 @@ class IterableSyntheticDataset(IterableDataset):
                 yield self._reader.item(cols, int(k))
 
 
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Check a rank and world size, each defaulting to torch.distributed's when it is initialised, else 0 and 1."""
     dist = torch.distributed
     initialised = dist.is_available() and dist.is_initialized()
     if rank is None:
@@ -304,3 +360,15 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     if world_size < 1 or not 0 <= rank < world_size:
         raise SynthgenError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     return rank, world_size
+
+
+def loader(path_or_uri: str, batch_size: int = 256, shuffle: bool = True, num_workers: int = 2,
+           **options: Any) -> DataLoader:
+    """The recommended way to train on a synthgen dataset: a ready DataLoader of ``(images, labels)`` batches,
+    shuffled by row-group windows (or uniformly from a decoded cache) and each row read once per epoch.
+
+    Options (window, cache, seed, rank, world_size, transforms, ...): :func:`synthgen.loading.synthetic_loader`.
+    """
+    from synthgen.loading import synthetic_loader  # builds on this module
+
+    return synthetic_loader(path_or_uri, batch_size, shuffle, num_workers=num_workers, **options)

@@ -124,6 +124,67 @@ def decode_png(data: bytes) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def decode_pngs(pngs: list[bytes], shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """PNG bytes of same-shape images -> uint8 (B, H, W, C) in one array.
+
+    The PNGs of synthgen's Parquet shards (stored deflate blocks, Sub filter) are decoded all at once, with
+    their CRCs checked (about 1.5 us per 28x28 image); any other PNG by imagecodecs (libpng, about 9 us).
+
+    Args:
+        pngs: the images' PNG bytes.
+        shape: (H, W, C) when known; else taken from the first image.
+    """
+    if shape is None:
+        shape = decode_png(pngs[0]).shape if pngs else (0, 0, 1)
+    stored = _decode_stored(pngs, tuple(shape))
+    if stored is not None:
+        return stored
+    out = np.empty((len(pngs), *shape), np.uint8)  # (B, H, W, C)
+    planes = out[:, :, :, 0] if shape[2] == 1 else out  # libpng writes grayscale as (H, W)
+    for k, png in enumerate(pngs):
+        # decoding straight into the batch array: 3-4x faster than Pillow per 28x28 image
+        imagecodecs.png_decode(png, out=planes[k])
+    return out
+
+
+def decode_png_rows(rows: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Same-length PNGs as the rows of a uint8 (B, size) array -> uint8 (B, H, W, C), as :func:`decode_pngs`."""
+    pixels = _decode_stored(rows, tuple(shape))
+    return pixels if pixels is not None else decode_pngs([row.tobytes() for row in rows], shape)
+
+
+def _decode_stored(data: list[bytes] | np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The inverse of :func:`_fill_stored_frames`: when every PNG is the stored-block frame of ``shape`` (as
+    synthgen's Parquet shards hold them), undo the Sub filter of the whole batch at once (a running sum per
+    row, mod 256) after checking each image's CRC; else None (the caller decodes image by image).
+
+    ``data``: PNG bytes, or same-length PNGs as the rows of a uint8 (B, size) array.
+    """
+    frame = _stored_frame(shape, tuple(sorted(PARQUET_PNG_SETTINGS.items())))
+    height, width, channels = shape
+    scan = height * (1 + width * channels)
+    size = (len(frame) + scan + 8 + len(_IEND)) if frame else -1
+    if isinstance(data, list):
+        if not data or any(len(png) != size for png in data):
+            return None
+        data = np.frombuffer(b"".join(data), np.uint8).reshape(len(data), size)  # (B, PNG bytes)
+    if len(data) == 0 or data.shape[1] != size:
+        return None
+    head = len(frame)
+    rows = data[:, head:head + scan].reshape(len(data), height, 1 + width * channels)  # (B, H, 1 + W*C)
+    if not (np.array_equal(data[0, :head], np.frombuffer(frame, np.uint8)) and (data[:, :head] == data[0, :head]).all()
+            and (rows[:, :, 0] == 1).all()):  # same frame, every row Sub-filtered
+        return None
+    crcs = data[:, head + scan + 4:head + scan + 8].copy().view(">u4")[:, 0]  # (B,)
+    chunk = slice(head - _STORED_HEADER - 4, head + scan + 4)  # what each image's CRC covers
+    if any(zlib.crc32(png[chunk]) != int(crc) for png, crc in zip(data, crcs)):
+        return None  # a damaged image: libpng says which way
+    pixels = rows[:, :, 1:].reshape(len(data), height, width, channels).copy()  # (B, H, W, C) Sub deltas
+    for x in range(1, width):  # undo Sub: add the pixel to the left, mod 256 (4x faster than np.cumsum here)
+        pixels[:, :, x] += pixels[:, :, x - 1]
+    return pixels
+
+
 def image_grid(images: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
     """Tile uint8 images (N, H, W, C) into one (rows*(H+pad)+pad, ncol*(W+pad)+pad, C) sheet."""
     n, h, w, c = images.shape

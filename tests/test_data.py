@@ -28,8 +28,10 @@ from synthgen.readers import ImageSet, load_images
 
 
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str], shard_size: int,
-                  fmt: str = "parquet", complete: bool = True, encoding: str = "png") -> Path:
-    """A synthgen dataset whose row i is ``images[i]``, written by synthgen's writers with a manifest."""
+                  fmt: str = "parquet", complete: bool = True, encoding: str = "png",
+                  png_settings: dict | None = None) -> Path:
+    """A synthgen dataset whose row i is ``images[i]``, written by synthgen's writers with a manifest (PNGs
+    compressed one by one unless ``png_settings`` says otherwise, e.g. PARQUET_PNG_SETTINGS as in a run)."""
     loc = storage.locate(out)
     count = len(images)
     job = {"count": count, "seed": 0, "shard_size": shard_size, "format": fmt, "encoding": encoding,
@@ -44,7 +46,8 @@ def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, class_names
             break
         writer = ShardWriter(loc, layout, spec)
         idx = spec.indices()
-        pixels = images[idx] if encoding == "raw" else [encode_png(images[i]) for i in idx]
+        pixels = images[idx] if encoding == "raw" else [encode_png(images[i], **({"settings": png_settings}
+                                                                                if png_settings else {})) for i in idx]
         writer.add(idx, idx.astype(np.uint64) + 7, labels[idx], pixels)
         manifest.shards[spec.shard_id] = writer.commit()
     if fmt == "png" and complete:

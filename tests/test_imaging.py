@@ -39,3 +39,19 @@ def test_compressed_settings_are_encoded_by_libpng():
     pngs = encode_pngs(images, PNG_SETTINGS)
     assert pngs == [encode_png(image) for image in images]
     assert all(len(png) < len(stored) for png, stored in zip(pngs, encode_pngs(images, PARQUET_PNG_SETTINGS)))
+
+
+
+def test_decode_pngs_batch_matches_libpng_and_checks_crcs(breast):
+    from synthgen.imaging import _decode_stored, decode_pngs
+
+    for images in (breast.images[:300], batches((5, 28, 28, 3))[0], batches((3, 64, 48, 1))[3]):  # (N, H, W, C)
+        stored = encode_pngs(images, PARQUET_PNG_SETTINGS)
+        assert _decode_stored(stored, images.shape[1:]) is not None  # the batch road, not libpng, read these
+        assert np.array_equal(decode_pngs(stored), images)
+        assert np.array_equal(decode_pngs(encode_pngs(images, PNG_SETTINGS)), images)  # compressed: libpng
+    stored = encode_pngs(breast.images[:10], PARQUET_PNG_SETTINGS)
+    damaged = bytearray(stored[7])
+    damaged[60] ^= 1  # one pixel byte: the CRC no longer matches, so libpng decodes the batch and says so
+    with pytest.raises(Exception, match="incorrect data check|CRC"):
+        decode_pngs([*stored[:7], bytes(damaged), *stored[8:]])
