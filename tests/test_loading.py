@@ -176,14 +176,15 @@ def test_transforms_per_item_per_batch_and_as_dicts(breast_ds):
     assert type(items) is torch.Tensor and torch.equal(items, torch.flip(base, dims=[-1]))
 
 
-def test_s3_reads_the_same_rows_as_local_disk(s3_server, breast, breast_ds, monkeypatch):
+def test_s3_reads_the_same_rows_as_local_disk(breast, breast_ds, tmp_path, monkeypatch):
     import boto3
-    from conftest import S3_CREDENTIALS
+    from processes import S3_CREDENTIALS, s3_server
 
     for key, value in S3_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="loading")
-    uri = f"s3://loading/ds?endpoint_override={s3_server.removeprefix('http://')}&scheme=http"
-    write_dataset(uri, breast.images, breast.labels, ["malignant", "normal"], 50)
-    remote = digests(loader(uri, batch_size=32, num_workers=2, window=2, seed=3))
+    with s3_server(tmp_path / "moto.log") as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="loading")
+        uri = f"s3://loading/ds?endpoint_override={endpoint.removeprefix('http://')}&scheme=http"
+        write_dataset(uri, breast.images, breast.labels, ["malignant", "normal"], 50)
+        remote = digests(loader(uri, batch_size=32, num_workers=2, window=2, seed=3))
     assert remote == digests(loader(breast_ds, batch_size=32, num_workers=2, window=2, seed=3))
