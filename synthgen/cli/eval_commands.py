@@ -68,6 +68,8 @@ def _list(text: str, kind: type, flag: str) -> list:
 
 def summary(report: dict) -> list[str]:
     """The lines ``synthgen eval`` prints: one per feature space, the downstream AUCs and verdicts."""
+    from synthgen.evaluate import intervals
+
     lines = []
     for name, space in report["feature_spaces"].items():
         if "skipped" in space:
@@ -87,6 +89,11 @@ def summary(report: dict) -> list[str]:
                          for name, a in down["arms"].items())
         lines.append(f"test AUC by training data (mean of {len(down['seeds'])} seeds, 95% interval): {arms}")
         lines += [f"{name}: {text}" for name, text in down["verdicts"].items()]
+        for row in down["real_fractions"]:
+            real, both = row["arms"]["real"], row["arms"][row["recipe"]]
+            lines.append(f"{row['fraction']:g} of the real images ({row['real_images']}): real {real['auc']:.3f}, "
+                         f"+ synthetic ({row['recipe']}) {both['auc']:.3f}; "
+                         f"{intervals.verdict(row['gains']['gain'])}")
     took = ", ".join(f"{name} {t['wall']:.0f} s" for name, t in report["seconds"].items())
     lines.append(f"took {took}")
     lines.append(f"wrote {report['settings']['out']}, {report['figures']['report']}, "

@@ -69,7 +69,8 @@ class AutoEncoder(nn.Module):
 
 def _key(images: np.ndarray, seed: int, config: EncoderConfig) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    digest.update(json.dumps({"shape": images.shape, "seed": seed, **asdict(config),
+    # the weights depend on the thread count that trained them (sums split), so it is part of the key
+    digest.update(json.dumps({"shape": images.shape, "seed": seed, **asdict(config), "threads": torch.get_num_threads(),
                               "torch": torch.__version__.split("+")[0]}, sort_keys=True).encode())
     return digest.hexdigest()
 

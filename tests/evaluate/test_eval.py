@@ -241,3 +241,19 @@ def test_cli_bad_input(breast_npz, retina_npz, copies, breast, tmp_path, monkeyp
     monkeypatch.setenv("SYNTHGEN_INCEPTION_WEIGHTS", str(tmp_path / "env.pth"))
     result = invoke(*args(breast_npz, copies))
     assert result.exit_code == 1 and "$SYNTHGEN_INCEPTION_WEIGHTS" in result.output
+
+
+def test_cli_recipes_and_real_fractions(breast_npz, copies, tmp_path):
+    out = tmp_path / "r.json"
+    result = invoke("eval", "--real", breast_npz, "--synthetic", str(copies), "--out", str(out),
+                    "--classifier-steps", "10", "--repeats", "2", "--recipe", "topup,pretrain",
+                    "--real-fractions", "0.25,1", "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 0, result.output
+    down = json.loads(out.read_text())["downstream"]
+    assert list(down["arms"]) == ["real", "synthetic", "topup", "pretrain"] and down["seeds"] == [0, 1]
+    assert all(len(arm["per_seed"]) == 2 and arm["low"] <= arm["high"] for arm in down["arms"].values())
+    assert [row["fraction"] for row in down["real_fractions"]] == [0.25, 1.0]
+    assert down["real_fractions"][0]["real_images"] == 31 + 85  # a quarter of each class's fit part (125, 339)
+    stages = [r["arm"] for r in down["classifier_runs"] if r["seed"] == 0]
+    assert stages[:5] == ["real", "synthetic", "topup", "pretrain (synthetic stage)", "pretrain"]
+    assert "real + synthetic (pretrain) - real: " in result.output and "0.25 of the real images" in result.output
