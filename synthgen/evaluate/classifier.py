@@ -111,17 +111,22 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     """
     config = config or ClassifierConfig()
     x, y = as_input(images), torch.from_numpy(np.asarray(labels, np.int64))
-    with torch.random.fork_rng(devices=[]):
+    val = None if val_images is None else (val_images, np.asarray(val_labels))
+    with torch.random.fork_rng(devices=[]):  # init and dropout masks come from the seed; the caller's RNG stays
         torch.manual_seed(seed)
         model = SmallCNN(x.shape[1], num_classes, config.width, config.embed_dim)
-    if init is not None:
-        model.load_state_dict(init.state_dict())
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        return _fit(model, x, y, class_weights(np.asarray(labels, np.int64), num_classes), seed, config, val)
+
+
+def _fit(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, seed: int,
+         config: ClassifierConfig, val: tuple[np.ndarray, np.ndarray] | None) -> SmallCNN:
     average = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps, pct_start=0.1)
-    weights = class_weights(np.asarray(labels, np.int64), num_classes)
     best, best_state, best_step, stale = -np.inf, None, 0, 0
     order, pos = torch.randperm(len(x), generator=gen), 0
     for step in range(1, config.steps + 1):
@@ -136,9 +141,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         opt.step()
         schedule.step()
         average.update_parameters(model)
-        if val_images is None or (step % config.check_every and step != config.steps):
+        if val is None or (step % config.check_every and step != config.steps):
             continue
-        auc = metrics.roc_auc(np.asarray(val_labels), predict_proba(average.module, val_images))
+        auc = metrics.roc_auc(val[1], predict_proba(average.module, val[0]))
         if auc > best:
             best, best_step, stale = auc, step, 0
             best_state = {k: v.clone() for k, v in average.module.state_dict().items()}
