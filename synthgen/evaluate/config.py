@@ -31,7 +31,7 @@ class EvalConfig:
     recipes: list[str] = field(default_factory=lambda: ["all"])
     real_fractions: list[float] = field(default_factory=list)
     cache_dir: str | None = None  # default: $SYNTHGEN_CACHE, else ~/.cache/synthgen
-    encoder_steps: int = 1500
+    encoder_steps: int = 600
 
     def check(self) -> None:
         if self.max_images < 10:
