@@ -112,7 +112,9 @@ def test_real_against_itself_is_near_zero(breast_npz, copies, tmp_path):
     report = quick(breast_npz, copies, tmp_path)
     for space in ("classifier", "autoencoder"):
         fk, pr = report["feature_spaces"][space]["fid_kid"], report["feature_spaces"][space]["precision_recall"]
-        assert fk["fid"] < 1e-6 and abs(fk["kid"]) < 0.2  # unbiased MMD of a set against itself: -O(1/n)
+        # unbiased MMD^2 of a set against itself: -2/(n-1) (mean k(x, x) - mean k(x, y)), never above 0; the
+        # autoencoder's standardised codes have heavier tails than the classifier's (-0.21 there at n = 546)
+        assert fk["fid"] < 1e-6 and -1 < fk["kid"] <= 1e-9
         assert all(c["fid"] < 1e-6 for c in fk["per_class"].values())
         assert pr["precision"] == 1.0 and pr["recall"] == 1.0
     assert report["memorization"]["near_copy_fraction_either"] == 1.0  # a copy is a copy
