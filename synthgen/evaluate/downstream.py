@@ -79,7 +79,7 @@ def downstream(data: EvalData, config: clf.ClassifierConfig, seed: int, repeats:
     first = None
     for s in range(seed, seed + repeats):
         model = trainer.train("real", trainer.fit_x, trainer.fit_y, s)
-        first = first or model
+        first = model if first is None else first
         arms["real"].append(trainer.proba(model))
         arms["synthetic"].append(trainer.proba(trainer.train("synthetic", data.synthetic, data.synthetic_labels,
                                                              s)))

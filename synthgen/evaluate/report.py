@@ -97,7 +97,7 @@ def _scores(config: EvalConfig, data: EvalData, inception_path: str | None, ince
     spaces["autoencoder"] = _standardised(lambda x: enc.encode(encoder, x), data)
     clock.lap("autoencoder (read from cache)" if cache["cached"] else "autoencoder (trained, then cached)")
     scored = {name: _space_scores(feats, data, names, config) for name, feats in spaces.items()}
-    scored["inception"] = _inception(data, inception_path, inception_why, config.seed)
+    scored["inception"] = _inception(data, inception_path, inception_why, names, config)
     scored["autoencoder"]["cache"] = cache
     for name, text in GOOD_FOR.items():
         scored[name]["good_for"] = text
@@ -231,14 +231,17 @@ def memorization_audit(data: EvalData, f: _Features, copy_ratio: float = COPY_RA
     return out
 
 
-def _inception(data: EvalData, weights: str | None, why: str, seed: int) -> dict:
+def _inception(data: EvalData, weights: str | None, why: str, names: list[str], config: EvalConfig) -> dict:
+    """The same scores on Inception-v3 features (not standardised: published FIDs use them raw)."""
     if weights is None:
         return {"skipped": why}
     try:
         real = fx.inception_features(data.train.images, weights)
     except ImportError:
         return {"skipped": "torch-fidelity is not installed (pip install torch-fidelity); weights were given"}
-    return {**_fid_kid_pair(real, fx.inception_features(data.synthetic, weights), seed), "weights": weights}
+    feats = _Features(real, fx.inception_features(data.test.images, weights),
+                      fx.inception_features(data.synthetic, weights))
+    return {**_space_scores(feats, data, names, config), "weights": weights}
 
 
 def _write_json(path: str, report: dict) -> None:
