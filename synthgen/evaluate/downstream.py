@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from synthgen.evaluate import classifier as clf
-from synthgen.evaluate import intervals
+from synthgen.evaluate import intervals, metrics
 from synthgen.evaluate.data import EvalData
 from synthgen.recipes import Recipe, synthetic_rows
 
@@ -89,29 +89,24 @@ def downstream(data: EvalData, config: clf.ClassifierConfig, seed: int, repeats:
     out = {"test_images": len(test_y), "fit_images": len(trainer.fit_y), "validation_images": len(trainer.val_y),
            "seeds": list(range(seed, seed + repeats)), **intervals.bootstrap(test_y, arms, gains, seed=seed)}
     for name, probs in arms.items():
-        out["arms"][name]["balanced_accuracy"] = float(np.mean([_balanced(test_y, p) for p in probs]))
+        out["arms"][name]["balanced_accuracy"] = float(np.mean([metrics.accuracy(test_y, p)[1] for p in probs]))
     out["verdicts"] = {name: intervals.verdict(g) for name, g in out["gains"].items()}
-    out["real_fractions"] = _fractions(trainer, recipes[0], seed, repeats, real_fractions) if real_fractions else []
+    first_two = {"real": arms["real"], recipes[0].name: arms[recipes[0].name]}
+    out["real_fractions"] = [_fraction(trainer, recipes[0], seed, repeats, f, first_two) for f in real_fractions]
     out["classifier_runs"] = trainer.runs
     return out, first
 
 
-def _balanced(labels: np.ndarray, proba: np.ndarray) -> float:
-    pred = proba.argmax(1)
-    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
-
-
-def _fractions(trainer: _Trainer, recipe: Recipe, seed: int, repeats: int, fractions: list[float]) -> list[dict]:
-    """AUC against the share of real fit images used, without and with synthetic images (``recipe``)."""
-    rows = []
-    for fraction in fractions:
-        part = stratified_part(trainer.fit_y, fraction, _SPLIT_SEED + 1) if fraction < 1 else \
-            np.arange(len(trainer.fit_y))
-        x, y = trainer.fit_x[part], trainer.fit_y[part]
-        arms: dict[str, list[np.ndarray]] = {"real": [], recipe.name: []}
-        for s in range(seed, seed + repeats):
-            arms["real"].append(trainer.proba(trainer.train(f"real {fraction:g}", x, y, s)))
-            arms[recipe.name].append(trainer.proba(trainer.recipe(recipe, x, y, s, f"{recipe.name} {fraction:g}")))
-        boot = intervals.bootstrap(trainer.data.test.labels, arms, {"gain": (recipe.name, "real")}, seed=seed)
-        rows.append({"fraction": fraction, "real_images": len(y), "recipe": recipe.name, **boot})
-    return rows
+def _fraction(trainer: _Trainer, recipe: Recipe, seed: int, repeats: int, fraction: float,
+              whole: dict[str, list[np.ndarray]]) -> dict:
+    """AUC on a share of the real fit images, without and with synthetic images (``recipe``); share 1 is
+    the main comparison (``whole``), not trained again."""
+    part = stratified_part(trainer.fit_y, fraction, _SPLIT_SEED + 1) if fraction < 1 else \
+        np.arange(len(trainer.fit_y))
+    x, y = trainer.fit_x[part], trainer.fit_y[part]
+    arms: dict[str, list[np.ndarray]] = whole if fraction == 1 else {"real": [], recipe.name: []}
+    for s in range(seed, seed + repeats) if fraction < 1 else ():
+        arms["real"].append(trainer.proba(trainer.train(f"real {fraction:g}", x, y, s)))
+        arms[recipe.name].append(trainer.proba(trainer.recipe(recipe, x, y, s, f"{recipe.name} {fraction:g}")))
+    boot = intervals.bootstrap(trainer.data.test.labels, arms, {"gain": (recipe.name, "real")}, seed=seed)
+    return {"fraction": fraction, "real_images": len(y), "recipe": recipe.name, **boot}
