@@ -38,7 +38,7 @@ class EncoderConfig:
 
     code_dim: int = 64
     width: int = 32
-    steps: int = 600  # the costliest part of a first eval; the collapse test passes at 300
+    steps: int = 600  # about one classifier's CPU time; the collapse test passes at 300
     batch_size: int = 64
     lr: float = 2e-3
 
