@@ -126,7 +126,7 @@ def _fit(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, weights: torch.Tenso
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps, pct_start=0.1)
+    schedule = _schedule(opt, config)
     best, best_state, best_step, stale = -np.inf, None, 0, 0
     order, pos = torch.randperm(len(x), generator=gen), 0
     for step in range(1, config.steps + 1):
@@ -156,6 +156,15 @@ def _fit(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, weights: torch.Tenso
         final.load_state_dict(best_state)
     final.trained = {"steps": step, "best_step": best_step or step, "val_auc": None if best_state is None else best}
     return final.eval()
+
+
+def _schedule(opt: torch.optim.Optimizer, config: ClassifierConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """One cycle (10% warm-up, then cosine to near 0); a constant rate for runs too short to have one."""
+    if config.steps < 4:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    # OneCycleLR divides by its warm-up length - 1: at least 2 warm-up steps (10 steps crashed with 0.1)
+    pct = max(0.1, 2 / config.steps)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps, pct_start=pct)
 
 
 @torch.no_grad()

@@ -88,3 +88,12 @@ def test_classifier_is_seeded_and_stops_on_validation(breast):
     counts = np.bincount(breast.labels[fit])
     assert float((weights.numpy() * counts).sum()) == pytest.approx(len(fit), rel=1e-5)
     assert weights[0] > weights[1]  # malignant is the rarer class here
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_short_runs_train(breast, steps):
+    """--classifier-steps 10 crashed in the learning-rate schedule (a zero-length warm-up)."""
+    config = clf.ClassifierConfig(steps=steps)
+    model = clf.train_classifier(breast.images[:64], breast.labels[:64], 2, 0, config, breast.images[64:96],
+                                 breast.labels[64:96])
+    assert model.trained["steps"] == steps
