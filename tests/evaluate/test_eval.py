@@ -129,7 +129,8 @@ def test_real_against_itself_is_near_zero(breast_npz, copies, tmp_path):
 
 
 def test_noise_against_real_is_far_and_copies_are_found(breast_npz, planted, tmp_path):
-    report = quick(breast_npz, planted, tmp_path)
+    # 200 steps: the weight average of a 40-step run still holds half the random initialisation
+    report = quick(breast_npz, planted, tmp_path, classifier_steps=200)
     fk = report["feature_spaces"]["classifier"]["fid_kid"]
     assert fk["fid"] > 20 * fk["baseline_real_test"]["fid"] and fk["fid"] > 10
     assert report["feature_spaces"]["classifier"]["precision_recall"]["baseline_real_test"]["precision"] > 0.5
