@@ -34,6 +34,7 @@ from synthgen.dataset.format import raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, to_pil
 from synthgen.mixing import RealImageDataset, Transform, mix, to_tensor  # noqa: F401 (README: import from here)
+from synthgen.recipes import Recipe, parse_recipe, recipe_datasets  # noqa: F401 (re-exported)
 
 
 @dataclass

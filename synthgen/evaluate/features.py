@@ -1,10 +1,6 @@
-"""Feature extractors for ``synthgen eval``: a small CNN classifier trained on the real data, and
-Inception-v3 when its weights are on local disk.
-
-Medical images are far from ImageNet, so the default feature space is the penultimate layer of a small
-classifier trained (seeded, on CPU, in seconds) on the real training split: distances there reflect what
-separates the classes in *this* data. The same classifier, trained on synthetic images instead, gives TSTR.
-Nothing is cached: every ``synthgen eval`` trains its classifiers afresh from its seed.
+"""Helpers of ``synthgen eval``'s feature spaces: the thread count, pixel vectors, and Inception-v3 when its
+weights are on local disk. The learned spaces live in :mod:`~synthgen.evaluate.classifier` (what separates
+the classes) and :mod:`~synthgen.evaluate.encoder` (what makes images of one class differ).
 """
 
 from __future__ import annotations
@@ -12,55 +8,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from synthgen.errors import SynthgenError
 
 INCEPTION_ENV = "SYNTHGEN_INCEPTION_WEIGHTS"
-_BATCH = 512  # images per inference batch
 # A classifier's weights depend on how its sums are split between torch threads (BreastMNIST, seed 0: FID
 # 14.55 on two threads, 15.08 on one), so eval runs on a fixed count, never the machine's core count; two is
 # what docs/evaluation.md's figures use.
 EVAL_THREADS = 2
-
-
-class SmallCNN(nn.Module):
-    """Three conv blocks, global average pooling, an ``embed_dim`` feature layer and a linear head."""
-
-    def __init__(self, channels: int, num_classes: int, width: int = 16, embed_dim: int = 64):
-        super().__init__()
-        w = width
-        self.body = nn.Sequential(  # strided convs, not max-pooling: half the CPU time for the same accuracy
-            nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),  # (B, w, H, W)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),  # (B, 2w, H/2, W/2)
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),  # (B, 4w, H/4, W/4)
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, 4w)
-        )
-        self.embed = nn.Linear(4 * w, embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [-1, 1] -> (B, embed_dim), before the ReLU (so features are not half zeros)."""
-        return self.embed(self.body(x))  # (B, E)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.features(x)))  # (B, K)
-
-
-@dataclass
-class ClassifierConfig:
-    """How every classifier of one evaluation is trained: same settings, so TSTR and TRTR compare."""
-
-    steps: int = 1000  # optimiser steps, the same whatever the training set's size
-    batch_size: int = 64
-    lr: float = 1e-3
-    width: int = 16  # wider costs CPU time and gained no test AUC on BreastMNIST
-    embed_dim: int = 64
 
 
 @contextlib.contextmanager
@@ -72,61 +30,6 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _as_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, H, W)
-    return x.float().div_(127.5).sub_(1)
-
-
-def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
-                     config: ClassifierConfig | None = None) -> SmallCNN:
-    """Train a :class:`SmallCNN` with Adam on ``images``; seeded, so the same call gives the same weights.
-
-    Args:
-        images: uint8 (N, H, W, C) training images.
-        labels: int (N,) classes in range(num_classes).
-        num_classes: size of the head.
-        seed: initialisation and batch order (the global torch RNG is left as it was).
-        config: steps, batch size, learning rate and sizes.
-
-    Returns:
-        The trained classifier, in eval mode.
-    """
-    config = config or ClassifierConfig()
-    x, y = _as_input(images), torch.from_numpy(np.asarray(labels, np.int64))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SmallCNN(x.shape[1], num_classes, config.width, config.embed_dim)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    model.train()
-    order, pos = torch.randperm(len(x), generator=gen), 0
-    for _ in range(config.steps):
-        if pos + config.batch_size > len(x):  # a new epoch: reshuffle
-            order, pos = torch.randperm(len(x), generator=gen), 0
-        batch = order[pos:pos + config.batch_size]
-        pos += config.batch_size
-        loss = F.cross_entropy(model(x[batch]), y[batch])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def embed(model: SmallCNN, images: np.ndarray) -> np.ndarray:
-    """Feature vectors (N, embed_dim) float64 of uint8 images (N, H, W, C)."""
-    out = [model.features(_as_input(images[i:i + _BATCH])) for i in range(0, len(images), _BATCH)]
-    return torch.cat(out).double().numpy()
-
-
-@torch.no_grad()
-def predict_proba(model: SmallCNN, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, K) float64 of uint8 images (N, H, W, C)."""
-    out = [model(_as_input(images[i:i + _BATCH])).softmax(1) for i in range(0, len(images), _BATCH)]
-    return torch.cat(out).double().numpy()
 
 
 def pixels(images: np.ndarray) -> np.ndarray:

@@ -53,17 +53,27 @@ def _stack(blocks: list[Image.Image]) -> Image.Image:
     return sheet
 
 
-def _bars(values: list[tuple[str, float]], width: int) -> Image.Image:
-    """Horizontal bars for metrics in [0, 1]; NaN draws no bar."""
+def _bars(values: list[tuple], width: int) -> Image.Image:
+    """Horizontal bars for metrics in [0, 1], each (label, value) or (label, value, low, high) with a 95%
+    interval drawn as a black whisker; NaN draws no bar."""
     img = Image.new("RGB", (width, len(values) * (TEXT_H + 4) + 4), "white")
     draw, font, x0 = ImageDraw.Draw(img), ImageFont.load_default(), 230
-    for i, (label, value) in enumerate(values):
+
+    def at(v: float) -> int:
+        return x0 + int(BAR_W * min(max(v, 0), 1))
+
+    for i, (label, value, *interval) in enumerate(values):
         y = 4 + i * (TEXT_H + 4)
         draw.text((PAD, y), label, fill="black", font=font)
         draw.rectangle((x0, y, x0 + BAR_W, y + TEXT_H - 2), outline=(180, 180, 180))
         if np.isfinite(value):
-            draw.rectangle((x0, y, x0 + int(BAR_W * min(max(value, 0), 1)), y + TEXT_H - 2), fill=(70, 110, 190))
-            draw.text((x0 + BAR_W + PAD, y), f"{value:.3f}", fill="black", font=font)
+            draw.rectangle((x0, y, at(value), y + TEXT_H - 2), fill=(70, 110, 190))
+            text = f"{value:.3f}"
+            if interval:
+                mid = y + (TEXT_H - 2) // 2
+                draw.line((at(interval[0]), mid, at(interval[1]), mid), fill="black", width=2)
+                text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+            draw.text((x0 + BAR_W + PAD, y), text, fill="black", font=font)
     return img
 
 
@@ -80,20 +90,30 @@ def _class_blocks(train: ImageSet, names: list[str], synthetic: np.ndarray, labe
     return blocks
 
 
-def _metric_lines(report: dict) -> tuple[list[str], list[tuple[str, float]]]:
-    fk, pr, mem, tstr = report["fid_kid"], report["precision_recall"], report["memorization"], report["tstr"]
-    base = fk["baseline_real_test"]
-    lines = [f"FID {fk['fid']:.3f}   KID {fk['kid']:.4f} +- {fk['kid_std']:.4f}   (classifier features)",
-             f"real test split vs train: FID {base['fid']:.3f}   KID {base['kid']:.4f}",
-             f"Inception-v3: " + (f"FID {report['inception']['fid']:.2f}" if "fid" in report["inception"]
-                                  else "skipped")]
-    bars = [("precision (fidelity)", pr["precision"]), ("recall (coverage)", pr["recall"]),
-            ("near-copies (pixel or feature)", mem["near_copy_fraction_either"])]
-    if "skipped" not in tstr:
-        for key, short in (("trained_on_real", "real"), ("trained_on_synthetic", "synthetic"),
-                           ("trained_on_real_plus_synthetic", "real+synthetic")):
-            bars += [(f"AUC, trained on {short}", tstr[key]["auc"]),
-                     (f"accuracy, trained on {short}", tstr[key]["accuracy"])]
+def _metric_lines(report: dict) -> tuple[list[str], list[tuple]]:
+    lines, bars = [], []
+    for name, space in report["feature_spaces"].items():
+        if "skipped" in space:
+            lines.append(f"{name} features: skipped")
+            continue
+        fk, pr = space["fid_kid"], space["precision_recall"]
+        lines.append(f"{name} features: FID {fk['fid']:.3f} (real test split {fk['baseline_real_test']['fid']:.3f})"
+                     f"   KID {fk['kid']:.4f} ({fk['baseline_real_test']['kid']:.4f})")
+        if "precision" in pr:
+            bars += [(f"precision, {name}", pr["precision"]), (f"recall, {name}", pr["recall"])]
+    bars.append(("near-copies (pixel or feature)", report["memorization"]["near_copy_fraction_either"]))
+    down = report["downstream"]
+    if "skipped" not in down:
+        lines.append(f"downstream AUC: mean of {len(down['seeds'])} seeds, 95% paired bootstrap interval")
+        bars += [(f"AUC, trained on {name}", a["auc"], a["low"], a["high"]) for name, a in down["arms"].items()]
+        lines += [f"{name}: {text}" for name, text in down["verdicts"].items()]
+        for row in down["real_fractions"]:
+            gain = row["gains"]["gain"]
+            lines.append(f"{row['fraction']:g} of real ({row['real_images']}): real {row['arms']['real']['auc']:.3f}"
+                         f", +synthetic {row['arms'][row['recipe']]['auc']:.3f}, gain {gain['auc']:+.3f} "
+                         f"[{gain['low']:+.3f}, {gain['high']:+.3f}]")
+    if "seconds" in report:
+        lines.append("took " + ", ".join(f"{k} {v['wall']:.0f} s" for k, v in report["seconds"].items()))
     return lines, bars
 
 

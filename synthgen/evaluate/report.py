@@ -1,14 +1,14 @@
 """``synthgen eval``: is a synthetic dataset faithful, diverse, not a copy of its training images, and useful?
 
-One call reads the real data (the readers ``synthgen train`` uses) and a finished synthgen dataset, trains a
-small classifier on the real training split (its penultimate layer is the feature space) and reports:
+One call reads the real data (the readers ``synthgen train`` uses) and a finished synthgen dataset and reports:
 
-- FID / KID, overall and per class, next to the same numbers for the real *test* split (what a generator
-  drawing fresh images from the real distribution would score);
-- precision / recall on k-NN manifolds (fidelity / coverage);
-- a memorization audit in pixel and feature space (near-copies of training images, worst pairs drawn);
-- TSTR: the classifier trained on synthetic only, on real only (TRTR) and on both, tested on real test data;
-- FID / KID on Inception-v3 features, only when its weights are on local disk.
+- downstream usefulness (:mod:`~synthgen.evaluate.downstream`): classifiers trained on real (TRTR), synthetic
+  (TSTR) and real + synthetic per recipe, ``--repeats`` seeds each, with paired bootstrap intervals;
+- FID / KID and precision / recall, overall and per class, in each feature space side by side (the
+  real-trained classifier's, an autoencoder's that sees variety within a class, Inception-v3's when its
+  weights are on disk), next to the same numbers for the real *test* split;
+- a memorization audit in pixel and classifier-feature space (near-copies, worst pairs drawn);
+- how long each part took (wall and CPU seconds).
 
 Everything is seeded and runs on a fixed number of torch threads (``--threads``), so the same command gives
 the same report whatever the machine's core count (another torch build or instruction set may still differ).
@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
+from synthgen.evaluate import classifier as clf
+from synthgen.evaluate import encoder as enc
 from synthgen.evaluate import features as fx
 from synthgen.evaluate import metrics
 from synthgen.evaluate.config import COPY_RATIO, EvalConfig
 from synthgen.evaluate.data import EvalData, load_eval_data
+from synthgen.evaluate.downstream import downstream, validation_split
 from synthgen.evaluate.figures import draw_memorization, draw_report
 
 WORST_PAIRS = 16
@@ -37,44 +42,87 @@ def evaluate(config: EvalConfig) -> dict:
     """Compute every metric, write the JSON report and its figures.
 
     Args:
-        config: the real data, the synthetic dataset, the output paths and the seed.
+        config: the real data, the synthetic dataset, the output paths, the seed and the repeats.
 
     Returns:
         The report (also written to ``config.out``).
     """
     config.check()
+    clock = _Clock()
     inception_path, inception_why = fx.inception_weights(config.inception_weights)
     data = load_eval_data(config)
+    clock.lap("load data")
     with fx.torch_threads(config.threads):
-        report = _scores(config, data, inception_path, inception_why)
+        report = _scores(config, data, inception_path, inception_why, clock)
+    report["seconds"] = clock.laps  # the figure shows the parts timed so far; the JSON gets "figures" too
     report["figures"] = {"report": config.figure_path,
                          "memorization": os.path.splitext(config.figure_path)[0] + "-memorization.png"}
     draw_report(report, data.train, data.synthetic, data.synthetic_labels, report["figures"]["report"])
     draw_memorization(report["memorization"]["worst_pairs"], data.synthetic, data.synthetic_index,
                       data.train.images, data.train_rows, report["figures"]["memorization"])
+    clock.lap("figures")
     _write_json(config.out, report)
     return report
 
 
-def _scores(config: EvalConfig, data: EvalData, inception_path: str | None, inception_why: str) -> dict:
-    clf_config = fx.ClassifierConfig(steps=config.classifier_steps)
+class _Clock:
+    """Wall and CPU seconds of each part of an evaluation (the machine is often shared: CPU time says more)."""
+
+    def __init__(self):
+        self.laps: dict[str, dict[str, float]] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.laps[name] = {"wall": round(wall - self._wall, 2), "cpu": round(cpu - self._cpu, 2)}
+        self._wall, self._cpu = wall, cpu
+
+
+def _scores(config: EvalConfig, data: EvalData, inception_path: str | None, inception_why: str,
+            clock: _Clock) -> dict:
+    clf_config = clf.ClassifierConfig(steps=config.classifier_steps)
     names = data.class_names
-    classifier = fx.train_classifier(data.train.images, data.train.labels, len(names), config.seed, clf_config)
-    feats = _standardised(classifier, data)
+    if data.conditional:
+        useful, classifier = downstream(data, clf_config, config.seed, config.repeats, config.recipe_list,
+                                        config.fraction_list)
+    else:  # nothing to train on synthetic images without labels; the feature classifier is still needed
+        useful = {"skipped": "unconditional model: synthetic images have no labels to train on"}
+        fit, val = validation_split(data.train.labels)
+        classifier = clf.train_classifier(data.train.images[fit], data.train.labels[fit], len(names),
+                                          config.seed, clf_config, data.train.images[val], data.train.labels[val])
+    clock.lap("downstream classifiers")
+    spaces = {"classifier": _standardised(lambda x: clf.embed(classifier, x), data)}
+    encoder, cache = enc.cached_autoencoder(data.train.images, config.seed,
+                                            enc.EncoderConfig(steps=config.encoder_steps), config.cache_dir)
+    spaces["autoencoder"] = _standardised(lambda x: enc.encode(encoder, x), data)
+    clock.lap("autoencoder (read from cache)" if cache["cached"] else "autoencoder (trained, then cached)")
+    scored = {name: _space_scores(feats, data, names, config) for name, feats in spaces.items()}
+    scored["inception"] = _inception(data, inception_path, inception_why, names, config)
+    scored["autoencoder"]["cache"] = cache
+    for name, text in GOOD_FOR.items():
+        scored[name]["good_for"] = text
+    clock.lap("feature-space metrics")
+    audit = memorization_audit(data, spaces["classifier"], config.copy_ratio)
+    clock.lap("memorization audit")
     return {
         "real": {"path": config.real, "train_images": len(data.train.images), "test_images": len(data.test.images),
                  "test_split": data.test_split, "class_names": names, "image_shape": list(data.train.shape)},
         "synthetic": {"path": config.synthetic, "rows": data.synthetic_rows, "images_used": len(data.synthetic),
                       "model_fingerprint": data.fingerprint},
-        "settings": {**asdict(config), "classifier": asdict(clf_config),
-                     "feature_space": "penultimate layer of a small CNN trained on the real training split, "
-                                      "standardised with the training split's mean and std"},
-        "fid_kid": _fid_kid(feats, data, names, config.seed),
-        "precision_recall": _precision_recall(feats, config.k),
-        "memorization": memorization_audit(data, feats, config.copy_ratio),
-        "tstr": _tstr(data, classifier, names, config.seed, clf_config),
-        "inception": _inception(data, inception_path, inception_why, config.seed),
+        "settings": {**asdict(config), "classifier": asdict(clf_config)},
+        "feature_spaces": scored,
+        "memorization": audit,
+        "downstream": useful,
     }
+
+
+GOOD_FOR = {
+    "classifier": "penultimate layer of the real-trained downstream classifier, standardised with the training "
+                  "split's mean and std: what separates the classes; blind to variety within a class",
+    "autoencoder": "code of an autoencoder trained on the real training images, standardised the same way: "
+                   "keeps what makes two images of a class differ, so FID and recall see a collapsed class",
+    "inception": "Inception-v3 pool features (ImageNet): comparable with published FIDs, far from medical images",
+}
 
 
 # ---------------------------------------------------------------- metrics
@@ -86,13 +134,17 @@ class _Features:
     synthetic: np.ndarray
 
 
-def _standardised(classifier: fx.SmallCNN, data: EvalData) -> _Features:
+def _standardised(features: Callable[[np.ndarray], np.ndarray], data: EvalData) -> _Features:
     """Features in units of the real training split's spread, so FID reads the same across runs."""
-    train = fx.embed(classifier, data.train.images)  # (N, E)
+    train = features(data.train.images)  # (N, E)
     mean, std = train.mean(0), train.std(0) + 1e-8
-    norm = lambda f: (f - mean) / std
-    return _Features(norm(train), norm(fx.embed(classifier, data.test.images)),
-                     norm(fx.embed(classifier, data.synthetic)))
+    return _Features((train - mean) / std, (features(data.test.images) - mean) / std,
+                     (features(data.synthetic) - mean) / std)
+
+
+def _space_scores(feats: _Features, data: EvalData, names: list[str], config: EvalConfig) -> dict:
+    return {"fid_kid": _fid_kid(feats, data, names, config.seed),
+            "precision_recall": _precision_recall(feats, data, names, config.k)}
 
 
 def _fid_kid_pair(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
@@ -116,10 +168,22 @@ def _fid_kid(f: _Features, data: EvalData, names: list[str], seed: int) -> dict:
     return out
 
 
-def _precision_recall(f: _Features, k: int) -> dict:
-    p, r = metrics.precision_recall(f.train, f.synthetic, k)
-    bp, br = metrics.precision_recall(f.train, f.test, k)
-    return {"k": k, "precision": p, "recall": r, "baseline_real_test": {"precision": bp, "recall": br}}
+def _pr_pair(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
+    if min(len(real), len(fake)) < 2:
+        return {"skipped": f"needs at least 2 images on each side ({len(real)} real, {len(fake)} synthetic)"}
+    p, r = metrics.precision_recall(real, fake, k)
+    return {"precision": p, "recall": r}
+
+
+def _precision_recall(f: _Features, data: EvalData, names: list[str], k: int) -> dict:
+    out = {"k": k, **_pr_pair(f.train, f.synthetic, k), "baseline_real_test": _pr_pair(f.train, f.test, k),
+           "per_class": {}}
+    if data.conditional:
+        for c, name in enumerate(names):
+            real, syn, test = data.train.labels == c, data.synthetic_labels == c, data.test.labels == c
+            out["per_class"][name] = {**_pr_pair(f.train[real], f.synthetic[syn], k),
+                                      "baseline_real_test": _pr_pair(f.train[real], f.test[test], k)}
+    return out
 
 
 def memorization_audit(data: EvalData, f: _Features, copy_ratio: float = COPY_RATIO) -> dict:
@@ -167,41 +231,17 @@ def memorization_audit(data: EvalData, f: _Features, copy_ratio: float = COPY_RA
     return out
 
 
-def _tstr(data: EvalData, trained_on_real: fx.SmallCNN, names: list[str], seed: int,
-          config: fx.ClassifierConfig) -> dict:
-    if not data.conditional:
-        return {"skipped": "unconditional model: synthetic images have no labels to train on"}
-    test = data.test
-
-    def score(model: fx.SmallCNN, n: int) -> dict:
-        proba = fx.predict_proba(model, test.images)
-        acc, balanced = metrics.accuracy(test.labels, proba)
-        return {"accuracy": acc, "balanced_accuracy": balanced, "auc": metrics.roc_auc(test.labels, proba),
-                "train_images": n}
-
-    k = len(names)
-    both_x = np.concatenate([data.train.images, data.synthetic])
-    both_y = np.concatenate([data.train.labels, data.synthetic_labels])
-    out = {"test_images": len(test.images),
-           "trained_on_real": score(trained_on_real, len(data.train.images)),
-           "trained_on_synthetic": score(fx.train_classifier(data.synthetic, data.synthetic_labels, k, seed,
-                                                             config), len(data.synthetic)),
-           "trained_on_real_plus_synthetic": score(fx.train_classifier(both_x, both_y, k, seed, config),
-                                                   len(both_x))}
-    base = out["trained_on_real"]
-    out["gain_of_adding_synthetic"] = {m: out["trained_on_real_plus_synthetic"][m] - base[m]
-                                       for m in ("accuracy", "balanced_accuracy", "auc")}
-    return out
-
-
-def _inception(data: EvalData, weights: str | None, why: str, seed: int) -> dict:
+def _inception(data: EvalData, weights: str | None, why: str, names: list[str], config: EvalConfig) -> dict:
+    """The same scores on Inception-v3 features (not standardised: published FIDs use them raw)."""
     if weights is None:
         return {"skipped": why}
     try:
         real = fx.inception_features(data.train.images, weights)
     except ImportError:
         return {"skipped": "torch-fidelity is not installed (pip install torch-fidelity); weights were given"}
-    return {**_fid_kid_pair(real, fx.inception_features(data.synthetic, weights), seed), "weights": weights}
+    feats = _Features(real, fx.inception_features(data.test.images, weights),
+                      fx.inception_features(data.synthetic, weights))
+    return {**_space_scores(feats, data, names, config), "weights": weights}
 
 
 def _write_json(path: str, report: dict) -> None:

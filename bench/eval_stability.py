@@ -1,0 +1,59 @@
+"""How much does the TRTR AUC of ``synthgen eval``'s classifier move with its seed, and what does one cost?
+
+Trains the downstream classifier (``synthgen.evaluate.classifier``, the eval's defaults) on the fit part of
+the real training split, once per seed, stopping on the validation part, and scores it on the test split
+(and, for information only, on the .npz's official val split, which nothing here is chosen on).
+
+    python bench/eval_stability.py --data data/breastmnist.npz --seeds 5 --threads 1 --out stab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from synthgen.evaluate import classifier as clf
+from synthgen.evaluate import metrics
+from synthgen.evaluate.downstream import validation_split
+from synthgen.readers import load_images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = load_images(args.data, "train"), load_images(args.data, "test")
+    val_official = load_images(args.data, "val")
+    fit, val = validation_split(train.labels)
+    rows = []
+    for seed in range(args.seeds):
+        wall, cpu = time.perf_counter(), time.process_time()
+        model = clf.train_classifier(train.images[fit], train.labels[fit], len(train.class_names), seed, None,
+                                     train.images[val], train.labels[val])
+        row = {"seed": seed, **model.trained,
+               "test_auc": metrics.roc_auc(test.labels, clf.predict_proba(model, test.images)),
+               "official_val_auc": metrics.roc_auc(val_official.labels, clf.predict_proba(model, val_official.images)),
+               "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    aucs = np.array([r["test_auc"] for r in rows])
+    summary = {"data": args.data, "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor()
+               or platform.machine(), "test_auc_mean": float(aucs.mean()), "test_auc_spread": float(np.ptp(aucs)),
+               "cpu_s_per_classifier": float(np.mean([r["cpu_s"] for r in rows])), "runs": rows}
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
