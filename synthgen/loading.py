@@ -18,7 +18,7 @@ import os
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from synthgen.sampler import DEFAULT_WINDOW, BatchPlan, WindowShuffleSampler
 
 BatchTransform = Callable[[Any], Any]
 READ_THREADS = 4  # row groups fetched at once per worker: enough to keep an object store's latency hidden
+TRANSFER_BYTES = 8 << 20  # a worker hands over whole batches about this large at a time (docs/benchmarks.md)
 
 
 class _GroupFetcher:
@@ -94,11 +95,17 @@ class SyntheticBatches(Dataset):
         images, labels = self.__getitems__(BatchPlan(np.array([int(i) % len(self)])))[0]
         return images[0], int(labels[0])
 
-    def __getitems__(self, plan: BatchPlan | list[int]) -> list[tuple[Any, Any]]:
+    def __getitems__(self, plan: BatchPlan | list[int]) -> list[tuple[Any, Any] | TransferUnit]:
         if not isinstance(plan, BatchPlan):  # a user's own batch sampler: plain position lists
             plan = BatchPlan(np.asarray(plan, dtype=np.int64))
         pixels, labels = self.cache.batch(plan.positions) if self.cache else self._decode(plan)
-        return [self._finish(pixels, labels)]
+        if not plan.sizes:
+            return [self._finish(pixels, labels)]
+        if self.transform is None and self.batch_transform is None:  # nothing sees a batch: convert all at once
+            return [TransferUnit(*self._finish(pixels, labels), plan.sizes)]
+        cuts = np.cumsum(plan.sizes)[:-1]
+        batches = [self._finish(p, y) for p, y in zip(np.split(pixels, cuts), np.split(labels, cuts))]
+        return [TransferUnit.of(batches)]
 
     def _decode(self, plan: BatchPlan) -> tuple[np.ndarray, np.ndarray]:
         parts = np.searchsorted(self.starts, plan.positions, side="right") - 1
@@ -149,6 +156,47 @@ class SyntheticBatches(Dataset):
             out["label"]
 
 
+class TransferUnit(NamedTuple):
+    """Several batches that travel from a DataLoader worker as one tensor each of images and targets (one
+    shared-memory segment rather than one per batch: the per-batch cost of the hand-over is what limited the
+    loader, docs/benchmarks.md); :class:`SyntheticLoader` splits them again, as views."""
+
+    images: Any  # (sum(sizes), ...) the batches' images, concatenated; or a list of batches
+    targets: Any
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, batches: list[tuple[Any, Any]]) -> TransferUnit:
+        """Concatenate finished batches when they are tensors of one trailing shape, else keep the list."""
+        images, targets = zip(*batches)
+        if all(isinstance(t, torch.Tensor) for t in (*images, *targets)) and \
+                len({x.shape[1:] for x in images}) == 1 and len({t.shape[1:] for t in targets}) == 1:
+            return cls(torch.cat(images), torch.cat(targets), tuple(len(x) for x in images))
+        return cls(list(images), list(targets), ())
+
+    def batches(self) -> Iterator[tuple[Any, Any]]:
+        if not self.sizes:
+            yield from zip(self.images, self.targets)
+            return
+        yield from zip(self.images.split(list(self.sizes)), self.targets.split(list(self.sizes)))
+
+
+class SyntheticLoader(DataLoader):
+    """A DataLoader whose workers ship several batches at a time (:class:`TransferUnit`); it yields batches."""
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for item in super().__iter__():
+            if isinstance(item, TransferUnit):
+                yield from item.batches()
+            else:
+                yield item
+
+
+def _batches_per_transfer(info: DatasetInfo, batch_size: int, dtype: torch.dtype) -> int:
+    image_bytes = int(np.prod(info.image_shape or (1, 28, 28))) * torch.empty((), dtype=dtype).element_size()
+    return max(1, TRANSFER_BYTES // (batch_size * image_bytes))
+
+
 def _png(cols: dict[str, Any], k: int) -> bytes:
     return cols["png"][k] if "png" in cols else cols["png_rows"][k].tobytes()
 
@@ -196,8 +244,9 @@ def synthetic_loader(path_or_uri: str | Path, batch_size: int = 256, shuffle: bo
         window = 0 if decoded else DEFAULT_WINDOW
     window = window or None  # the sampler's None: uniform
     rank, world_size = rank_and_world(rank, world_size)
+    group = _batches_per_transfer(info, batch_size, dtype) if num_workers > 0 else 1  # in-process: no hand-over
     sampler = WindowShuffleSampler([p[2] for p in info.parts], batch_size, shuffle, window, seed, rank, world_size,
-                                   num_workers, drop_last)
+                                   num_workers, drop_last, group)
     dataset = SyntheticBatches(info, decoded, transform, batch_transform, dict_transforms, dtype, window)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_only_batch,
+    return SyntheticLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_only_batch,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)

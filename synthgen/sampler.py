@@ -19,10 +19,9 @@ batch touches up to ``batch_size`` row groups). Only the final batch of a rank c
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -36,6 +35,7 @@ class BatchPlan:
 
     positions: np.ndarray  # (B,) int64
     ahead: tuple[int, ...] = ()  # row groups this batch's worker reads next: fetched in the background
+    sizes: tuple[int, ...] = ()  # a transfer unit: the rows of each batch it holds, in order (empty: one batch)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -54,13 +54,16 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         num_workers: the DataLoader's workers (decides which spans each worker reads; any value is correct).
         drop_last: drop the final short batch, and on a rank with one row more than another, a full batch
             too if that rank would otherwise take one more step (every rank then has the same ``len()``).
+        group: batches per item yielded: ``group`` consecutive batches of one worker travel as one
+            :class:`BatchPlan` (with ``sizes``), so a DataLoader worker ships one tensor for them, not
+            ``group``; :class:`synthgen.loading.SyntheticLoader` splits them again. ``len()`` counts batches.
 
     Each ``iter()`` is one epoch and the next one reshuffles (``set_epoch`` chooses the epoch explicitly).
     """
 
     def __init__(self, part_rows: Sequence[int], batch_size: int, shuffle: bool = True,
                  window: int | None = DEFAULT_WINDOW, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, drop_last: bool = False):
+                 num_workers: int = 0, drop_last: bool = False, group: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if window is not None and window < 1:
@@ -72,6 +75,9 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         self.batch_size, self.shuffle, self.window, self.seed = batch_size, shuffle, window, seed
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
         self.drop_last, self.epoch = drop_last, 0
+        if group < 1:
+            raise ValueError(f"group must be >= 1 batch, got {group}")
+        self.group = group
 
     @property
     def rows(self) -> int:
@@ -134,11 +140,36 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         if self.drop_last and self.rank_rows() % self.batch_size:  # the one short batch: the last span's last
             last = (len(spans) - 1) % self.workers
             queues[last] = queues[last][:-1]
-        dealt = (q[k] for k in range(max((len(q) for q in queues), default=0)) for q in queues if k < len(q))
-        yield from itertools.islice(dealt, len(self)) if self.drop_last else dealt
+        dealt = list(_round_robin(queues))
+        if self.drop_last:
+            dealt = dealt[:len(self)]
+        if self.group == 1:
+            yield from (plan for _, plan in dealt)
+            return
+        # the same batches, k at a time: in order (or uniform), consecutive ones; with windows, k of one worker's
+        # (the DataLoader hands items to workers round-robin, so each keeps reading its own spans' row groups)
+        if not self.shuffle or self.window is None:
+            units = [_unit([plan for _, plan in dealt[i:i + self.group]]) for i in range(0, len(dealt), self.group)]
+            yield from units
+            return
+        mine = [[plan for w, plan in dealt if w == k] for k in range(self.workers)]
+        units = [[_unit(q[i:i + self.group]) for i in range(0, len(q), self.group)] for q in mine]
+        yield from (unit for _, unit in _round_robin(units))
 
     def _groups(self, positions: np.ndarray) -> tuple[int, ...]:
         return tuple(np.unique(np.searchsorted(self.starts, positions, side="right") - 1).tolist())
+
+
+def _round_robin(queues: list[list]) -> Iterator[tuple[int, Any]]:
+    """(queue, item) pairs: the first item of every queue, then the second, ..."""
+    for k in range(max((len(q) for q in queues), default=0)):
+        yield from ((w, q[k]) for w, q in enumerate(queues) if k < len(q))
+
+
+def _unit(plans: list[BatchPlan]) -> BatchPlan:
+    """Consecutive batches of one worker as one transfer unit, fetching ahead what any of them would."""
+    ahead = tuple(sorted(set().union(*(plan.ahead for plan in plans))))
+    return BatchPlan(np.concatenate([plan.positions for plan in plans]), ahead, tuple(len(p) for p in plans))
 
 
 def _positions(starts: np.ndarray, order: np.ndarray) -> np.ndarray:

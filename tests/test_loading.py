@@ -188,3 +188,23 @@ def test_s3_reads_the_same_rows_as_local_disk(breast, breast_ds, tmp_path, monke
         write_dataset(uri, breast.images, breast.labels, ["malignant", "normal"], 50)
         remote = digests(loader(uri, batch_size=32, num_workers=2, window=2, seed=3))
     assert remote == digests(loader(breast_ds, batch_size=32, num_workers=2, window=2, seed=3))
+
+
+@pytest.mark.parametrize("shuffle, window", [(True, 4), (True, None), (False, 4)])
+def test_transfer_units_hold_the_same_batches(shuffle, window):
+    rows = [1024] * 10 + [300]
+    plain = WindowShuffleSampler(rows, 256, shuffle, window, seed=3, num_workers=2, drop_last=True)
+    units = list(WindowShuffleSampler(rows, 256, shuffle, window, seed=3, num_workers=2, drop_last=True, group=3))
+    split = [tuple(b.tolist()) for u in units for b in np.split(u.positions, np.cumsum(u.sizes)[:-1])]
+    assert len(units) == -(-len(plain) // 3) and all(sum(u.sizes) == len(u) for u in units)
+    assert sorted(split) == sorted(tuple(b.positions.tolist()) for b in plain)  # same batches, none lost
+    if not shuffle:
+        assert np.array_equal(np.concatenate([u.positions for u in units]), np.arange(len(plain) * 256))
+
+
+def test_workers_ship_several_batches_yet_transforms_see_one(breast_ds, expected):
+    dl = loader(breast_ds, batch_size=16, num_workers=2, window=2, seed=2, batch_transform=lambda x: x * 0 + len(x))
+    assert dl.batch_sampler.group > 1  # small images: many batches per hand-over
+    sizes = [len(images) for images, _ in dl]
+    assert len(sizes) == len(dl) and sum(sizes) == len(expected)
+    assert all(int(images.max()) == len(images) for images, _ in dl)  # each batch transformed on its own
