@@ -46,6 +46,9 @@ class DatasetInfo:
     class_names: list[str]
     image_shape: tuple[int, ...] | None  # (C, H, W) from the manifest; None without one
     parts: list[tuple[str, int, int]] = field(default_factory=list)  # (file, row group, rows), in index order
+    part_bytes: list[int] = field(default_factory=list)  # each row group's size in its file (bytes)
+    footers: dict[str, pq.FileMetaData] = field(default_factory=dict)  # on object stores: each file's footer,
+    # read once here and handed to DataLoader workers, which would otherwise each fetch it again
     manifest: mf.Manifest | None = None
 
     @property
@@ -85,8 +88,9 @@ def _info_from_manifest(loc: storage.Location, manifest: mf.Manifest, allow_inco
     if layout == "png" and manifest.complete and storage.exists(loc, loc.join("metadata.parquet")):
         files = ["metadata.parquet"]
     shape = tuple(manifest.model.get("image_shape") or ()) or None
-    return DatasetInfo(loc.uri, layout, list(manifest.model.get("class_names") or []), shape,
-                       _row_groups(loc, files, layout), manifest)
+    parts, sizes, footers = _row_groups(loc, files, layout)
+    return DatasetInfo(loc.uri, layout, list(manifest.model.get("class_names") or []), shape, parts, sizes,
+                       footers, manifest)
 
 
 def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
@@ -101,8 +105,8 @@ def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
     else:
         raise SynthgenError(f"{loc.uri}: no {mf.MANIFEST_FILE}, data/*.parquet or metadata.parquet; "
                             "not a synthgen dataset")
-    parts = _row_groups(loc, files, layout)
-    return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts)
+    parts, sizes, footers = _row_groups(loc, files, layout)
+    return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts, sizes, footers)
 
 
 def _is_shard(path: str) -> bool:
@@ -110,8 +114,12 @@ def _is_shard(path: str) -> bool:
     return name.endswith(".parquet") and not name.startswith(".")
 
 
-def _row_groups(loc: storage.Location, files: list[str], layout: str) -> list[tuple[str, int, int]]:
-    parts, needed = [], ["image" if layout == "parquet" else "file_name", "index", "seed", "label"]
+def _row_groups(loc: storage.Location, files: list[str], layout: str
+                ) -> tuple[list[tuple[str, int, int]], list[int], dict[str, pq.FileMetaData]]:
+    """(file, row group, rows) of every non-empty row group, in order, each one's size in bytes, and on an
+    object store the footers."""
+    parts, sizes, needed = [], [], ["image" if layout == "parquet" else "file_name", "index", "seed", "label"]
+    footers = {}
     for rel in files:
         try:
             with loc.fs.open_input_file(loc.join(rel)) as f:
@@ -125,8 +133,16 @@ def _row_groups(loc: storage.Location, files: list[str], layout: str) -> list[tu
         if missing:
             raise SynthgenError(f"{loc.join(rel)}: no {', '.join(missing)} column(s); not a synthgen dataset "
                                 "file (read other Parquet with synthgen.data.RealImageDataset)")
-        parts += [(rel, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
-    return [p for p in parts if p[2] > 0]
+        groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+        parts += [(rel, g, group.num_rows) for g, group in enumerate(groups) if group.num_rows]
+        sizes += [_compressed_size(group) for group in groups if group.num_rows]
+        if not loc.is_local:
+            footers[rel] = meta
+    return parts, sizes, footers
+
+
+def _compressed_size(group: pq.RowGroupMetaData) -> int:
+    return sum(group.column(c).total_compressed_size for c in range(group.num_columns))
 
 
 def _hf_class_names(loc: storage.Location, rel: str) -> list[str]:
@@ -178,34 +194,38 @@ class RowGroupReader:
             png_rows: give PNGs of one length as the rows of a uint8 (rows, size) array ("png_rows"), with
                 no Python object per row; else (or when their lengths differ) a list ("png").
         """
-        rel, group, _ = self.info.parts[part]
+        return self.read_parts([part], meta, png_rows)[part]
+
+    def read_parts(self, parts: list[int], meta: tuple[str, ...] = ("index", "seed", "label"),
+                   png_rows: bool = False) -> dict[int, dict[str, Any]]:
+        """Read row groups of one file in one go (:meth:`read`'s columns for each): on an object store their
+        column chunks, side by side in the file, come in one coalesced request rather than one per group."""
+        rel, first = self.info.parts[parts[0]][:2]
+        if any(self.info.parts[p][0] != rel for p in parts):
+            raise ValueError("read_parts: row groups of one file only")
         image_col = "image" if self.info.layout == "parquet" else "file_name"
         handle, footer = self._open(rel)
-        # pre_buffer: one coalesced read for the row group's columns (a request each on object stores)
+        # pre_buffer: coalesced reads of the groups' columns (a request each on object stores)
         parquet = pq.ParquetFile(handle, metadata=footer, pre_buffer=not self.loc.is_local)
-        table = parquet.read_row_group(group, columns=[image_col, *meta])
-        cols = {name: table.column(name).to_pylist() for name in meta}
-        if "seed" in cols and pa.types.is_string(table.column("seed").type):  # metadata.parquet: strings
-            cols["seed"] = [int(seed) for seed in cols["seed"]]
-        if image_col == "image":
-            images = table.column("image").combine_chunks()
-            pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
-            rows = _same_length_rows(images.field("bytes")) if pixels is None and png_rows else None
-            if pixels is not None:
-                cols["pixels"] = pixels  # (rows, H, W, C) uint8
-            elif rows is not None:
-                cols["png_rows"] = rows  # (rows, PNG size) uint8
-            else:
-                cols["png"] = images.field("bytes").to_pylist()
-        else:
-            cols["file_name"] = table.column("file_name").to_pylist()
-        return cols
+        columns = [image_col, *meta]
+        if not self.loc.is_local:  # also the columns between them: a gap between two ranges costs a request
+            names = footer.schema.to_arrow_schema().names
+            at = sorted(names.index(c) for c in columns)
+            columns = names[at[0]:at[-1] + 1]
+        table = parquet.read_row_groups([self.info.parts[p][1] for p in parts], columns=columns)
+        out, start = {}, 0
+        for part in parts:
+            rows = self.info.parts[part][2]
+            out[part] = _columns(table.slice(start, rows), image_col, meta, png_rows)
+            start += rows
+        return out
 
     def _open(self, rel: str) -> tuple[Any, pq.FileMetaData]:
         # one random-access handle per file, shared by threads: pyarrow's ReadAt is thread-safe
         if rel not in self._files:
             handle = self.loc.fs.open_input_file(self.loc.join(rel))
-            self._files[rel] = (handle, pq.ParquetFile(handle).metadata)
+            footer = self.info.footers.get(rel)
+            self._files[rel] = (handle, footer if footer is not None else pq.ParquetFile(handle).metadata)
         return self._files[rel]
 
     def png(self, cols: dict[str, list], k: int) -> bytes:
@@ -227,6 +247,25 @@ class RowGroupReader:
                 img.load()
                 return self.transform(img), int(cols["label"][k])
         return to_tensor(self.image(cols, k)), int(cols["label"][k])
+
+
+def _columns(table: pa.Table, image_col: str, meta: tuple[str, ...], png_rows: bool) -> dict[str, Any]:
+    cols = {name: table.column(name).to_pylist() for name in meta}
+    if "seed" in cols and pa.types.is_string(table.column("seed").type):  # metadata.parquet: strings
+        cols["seed"] = [int(seed) for seed in cols["seed"]]
+    if image_col == "image":
+        images = table.column("image").combine_chunks()
+        pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
+        rows = _same_length_rows(images.field("bytes")) if pixels is None and png_rows else None
+        if pixels is not None:
+            cols["pixels"] = pixels  # (rows, H, W, C) uint8
+        elif rows is not None:
+            cols["png_rows"] = rows  # (rows, PNG size) uint8
+        else:
+            cols["png"] = images.field("bytes").to_pylist()
+    else:
+        cols["file_name"] = table.column("file_name").to_pylist()
+    return cols
 
 
 def _same_length_rows(values: pa.Array) -> np.ndarray | None:

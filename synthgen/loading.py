@@ -14,6 +14,7 @@ transforms, e.g. ``RandFlipd(keys="image")``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,41 +33,66 @@ from synthgen.sampler import DEFAULT_WINDOW, BatchPlan, WindowShuffleSampler
 
 BatchTransform = Callable[[Any], Any]
 READ_THREADS = 4  # row groups fetched at once per worker: enough to keep an object store's latency hidden
+BLOCK_BYTES = 8 << 20  # the most one read of consecutive row groups fetches (docs/benchmarks.md)
 TRANSFER_BYTES = 8 << 20  # a worker hands over whole batches about this large at a time (docs/benchmarks.md)
 
 
 class _GroupFetcher:
-    """Row groups of one process, read by a small thread pool and kept while they may still be needed."""
+    """Row groups of one process, read a block at a time (:func:`read_blocks`) by a small thread pool and kept
+    while they may still be needed."""
 
-    def __init__(self, reader: RowGroupReader, capacity: int):
-        self.reader, self.capacity = reader, capacity
-        self._groups: OrderedDict[int, Future] = OrderedDict()
+    def __init__(self, reader: RowGroupReader, blocks: np.ndarray, capacity: int):
+        edges = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1], True])
+        self.members = [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]  # groups of each block
+        self.reader, self.capacity = reader, math.ceil(capacity * len(self.members) / max(1, len(blocks)))
+        self.block_of = np.repeat(np.arange(len(self.members)), np.diff(edges))  # (groups,)
+        self._blocks: OrderedDict[int, Future] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
         self._pid = -1
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_groups": OrderedDict(), "_pool": None, "_pid": -1}
+        return {**self.__dict__, "_blocks": OrderedDict(), "_pool": None, "_pid": -1}
 
     def get(self, parts: list[int], ahead: tuple[int, ...]) -> dict[int, dict[str, Any]]:
         """The columns of ``parts`` (waiting for them); ``ahead`` starts loading without waiting."""
         if self._pid != os.getpid():  # a forked worker must not use its parent's threads
-            self._pool, self._groups, self._pid = ThreadPoolExecutor(READ_THREADS), OrderedDict(), os.getpid()
-        for part in [*parts, *ahead]:
-            if part not in self._groups:
-                self._groups[part] = self._pool.submit(self._read, part)
-            self._groups.move_to_end(part)
-        keep = set(parts) | set(ahead)
-        stale = [part for part in self._groups if part not in keep]  # least recently asked for first
-        for part in stale[:max(0, len(self._groups) - max(self.capacity, len(keep)))]:
-            del self._groups[part]
-        return {part: self._groups[part].result() for part in parts}
+            self._pool, self._blocks, self._pid = ThreadPoolExecutor(READ_THREADS), OrderedDict(), os.getpid()
+        needed = list(dict.fromkeys(int(self.block_of[p]) for p in parts))
+        wanted = list(dict.fromkeys([*needed, *(int(self.block_of[p]) for p in ahead)]))
+        for block in wanted:
+            if block not in self._blocks:
+                self._blocks[block] = self._pool.submit(self._read, block)
+            self._blocks.move_to_end(block)
+        stale = [block for block in self._blocks if block not in set(wanted)]  # least recently asked for first
+        for block in stale[:max(0, len(self._blocks) - max(self.capacity, len(wanted)))]:
+            del self._blocks[block]
+        read = {block: self._blocks[block].result() for block in needed}
+        return {part: read[int(self.block_of[part])][part] for part in parts}
 
-    def _read(self, part: int) -> dict[str, Any]:
-        cols = self.reader.read(part, meta=("label",), png_rows=True)
-        cols["label"] = np.asarray(cols["label"], dtype=np.int64)
-        if "file_name" in cols:  # the PNG tree: the group's files, read here so that they are read ahead too
-            cols["png"] = [self.reader.png(cols, k) for k in range(len(cols["file_name"]))]
-        return cols
+    def _read(self, block: int) -> dict[int, dict[str, Any]]:
+        groups = self.reader.read_parts(self.members[block], meta=("label",), png_rows=True)
+        for cols in groups.values():
+            cols["label"] = np.asarray(cols["label"], dtype=np.int64)
+            if "file_name" in cols:  # the PNG tree: the group's files, read here so that they are read ahead too
+                cols["png"] = [self.reader.png(cols, k) for k in range(len(cols["file_name"]))]
+        return groups
+
+
+def read_blocks(info: DatasetInfo, window: int | None) -> np.ndarray:
+    """A block id per row group: runs of consecutive groups of one file, of up to BLOCK_BYTES and half a window,
+    that the loader reads in one request and the sampler keeps together (so a window of 16 groups holds rows of
+    at least two places in the dataset). Uniform shuffling (no window) reads groups one by one: a batch may
+    touch any of them."""
+    if window is None or not info.part_bytes:
+        return np.arange(len(info.parts))
+    most = max(1, window // 2)
+    blocks, block, size, count, last_file = [], -1, 0, most, None
+    for (rel, _, _), nbytes in zip(info.parts, info.part_bytes):
+        if count >= most or size + nbytes > BLOCK_BYTES or rel != last_file:
+            block, size, count = block + 1, 0, 0
+        blocks.append(block)
+        size, count, last_file = size + nbytes, count + 1, rel
+    return np.asarray(blocks, dtype=np.int64)
 
 
 class SyntheticBatches(Dataset):
@@ -78,7 +104,8 @@ class SyntheticBatches(Dataset):
 
     def __init__(self, info: DatasetInfo, cache: DecodedCache | None = None, transform: BatchTransform | None = None,
                  batch_transform: BatchTransform | None = None, dict_transforms: bool = False,
-                 dtype: torch.dtype = torch.float32, window: int | None = DEFAULT_WINDOW):
+                 dtype: torch.dtype = torch.float32, window: int | None = DEFAULT_WINDOW,
+                 blocks: np.ndarray | None = None):
         self.info, self.cache = info, cache
         self.transform, self.batch_transform, self.dict_transforms = transform, batch_transform, dict_transforms
         self.dtype = dtype
@@ -86,7 +113,8 @@ class SyntheticBatches(Dataset):
         shape = info.image_shape  # (C, H, W)
         self.shape = (shape[1], shape[2], shape[0]) if shape else None  # (H, W, C)
         # the groups of a span and of the next one, plus a span's two partial groups
-        self._fetcher = _GroupFetcher(RowGroupReader(info, None), 2 * (window or 1) + 4)
+        blocks = read_blocks(info, window) if blocks is None else blocks
+        self._fetcher = _GroupFetcher(RowGroupReader(info, None), blocks, 2 * (window or 1) + 4)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -245,8 +273,9 @@ def synthetic_loader(path_or_uri: str | Path, batch_size: int = 256, shuffle: bo
     window = window or None  # the sampler's None: uniform
     rank, world_size = rank_and_world(rank, world_size)
     group = _batches_per_transfer(info, batch_size, dtype) if num_workers > 0 else 1  # in-process: no hand-over
+    blocks = read_blocks(info, window)
     sampler = WindowShuffleSampler([p[2] for p in info.parts], batch_size, shuffle, window, seed, rank, world_size,
-                                   num_workers, drop_last, group)
-    dataset = SyntheticBatches(info, decoded, transform, batch_transform, dict_transforms, dtype, window)
+                                   num_workers, drop_last, group, blocks)
+    dataset = SyntheticBatches(info, decoded, transform, batch_transform, dict_transforms, dtype, window, blocks)
     return SyntheticLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_only_batch,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)

@@ -54,6 +54,8 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         num_workers: the DataLoader's workers (decides which spans each worker reads; any value is correct).
         drop_last: drop the final short batch, and on a rank with one row more than another, a full batch
             too if that rank would otherwise take one more step (every rank then has the same ``len()``).
+        blocks: a block id per row group: consecutive groups that are read together (one request on an object
+            store) and so move together when groups are permuted; default: each group alone.
         group: batches per item yielded: ``group`` consecutive batches of one worker travel as one
             :class:`BatchPlan` (with ``sizes``), so a DataLoader worker ships one tensor for them, not
             ``group``; :class:`synthgen.loading.SyntheticLoader` splits them again. ``len()`` counts batches.
@@ -63,7 +65,8 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
 
     def __init__(self, part_rows: Sequence[int], batch_size: int, shuffle: bool = True,
                  window: int | None = DEFAULT_WINDOW, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, drop_last: bool = False, group: int = 1):
+                 num_workers: int = 0, drop_last: bool = False, group: int = 1,
+                 blocks: Sequence[int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if window is not None and window < 1:
@@ -78,6 +81,9 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         if group < 1:
             raise ValueError(f"group must be >= 1 batch, got {group}")
         self.group = group
+        self.blocks = np.arange(len(self.part_rows)) if blocks is None else np.asarray(blocks, dtype=np.int64)
+        if len(self.blocks) != len(self.part_rows):
+            raise ValueError(f"blocks: {len(self.blocks)} ids for {len(self.part_rows)} row groups")
 
     @property
     def rows(self) -> int:
@@ -110,7 +116,7 @@ class WindowShuffleSampler(Sampler[BatchPlan]):
         if self.shuffle and self.window is None:
             stream = rng.permutation(n)[r * n // w:(r + 1) * n // w]
             return _cut(stream, self.batch_size)  # uniform: any worker may read any batch
-        order = rng.permutation(len(self.part_rows)) if self.shuffle else np.arange(len(self.part_rows))
+        order = _block_order(rng, self.blocks) if self.shuffle else np.arange(len(self.part_rows))
         stream = _positions(self.starts, order)[r * n // w:(r + 1) * n // w]
         if not self.shuffle:
             return _cut(stream, self.batch_size)  # in order: batch k is rows [kB, (k+1)B) of the slice
@@ -170,6 +176,12 @@ def _unit(plans: list[BatchPlan]) -> BatchPlan:
     """Consecutive batches of one worker as one transfer unit, fetching ahead what any of them would."""
     ahead = tuple(sorted(set().union(*(plan.ahead for plan in plans))))
     return BatchPlan(np.concatenate([plan.positions for plan in plans]), ahead, tuple(len(p) for p in plans))
+
+
+def _block_order(rng: np.random.Generator, blocks: np.ndarray) -> np.ndarray:
+    """The row groups, block by block in a random order of blocks (with one group per block, a permutation)."""
+    edges = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1], True])  # (blocks + 1,) group boundaries
+    return np.concatenate([np.arange(edges[b], edges[b + 1]) for b in rng.permutation(len(edges) - 1)])
 
 
 def _positions(starts: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from synthgen.data import RowGroupReader, SyntheticImageDataset, loader
 from synthgen.decoded_cache import cache_key
 from synthgen.errors import SynthgenError
 from synthgen.imaging import PARQUET_PNG_SETTINGS
+from synthgen.loading import read_blocks
 from synthgen.sampler import WindowShuffleSampler
 
 
@@ -186,8 +187,36 @@ def test_s3_reads_the_same_rows_as_local_disk(breast, breast_ds, tmp_path, monke
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="loading")
         uri = f"s3://loading/ds?endpoint_override={endpoint.removeprefix('http://')}&scheme=http"
         write_dataset(uri, breast.images, breast.labels, ["malignant", "normal"], 50)
-        remote = digests(loader(uri, batch_size=32, num_workers=2, window=2, seed=3))
+        dl = loader(uri, batch_size=32, num_workers=2, window=2, seed=3)  # reads the 11 footers once, here
+
+        def shard_reads() -> int:
+            return sum("GET /loading/ds/data/shard-" in line for line in (tmp_path / "moto.log").open())
+
+        before = shard_reads()
+        remote = digests(dl)
+        # a request per row group: its columns in one range, the footers handed to the workers (moto's log); a
+        # group cut between two workers' spans is read by both
+        assert shard_reads() - before < 2 * len(dl.dataset.info.parts)
+        in_process = loader(uri, batch_size=32, num_workers=0, window=2, seed=3)
+        before = shard_reads()
+        digests(in_process)
+        assert shard_reads() - before == len(dl.dataset.info.parts) == 11  # one process: exactly one each
     assert remote == digests(loader(breast_ds, batch_size=32, num_workers=2, window=2, seed=3))
+
+
+def test_blocks_of_consecutive_row_groups_are_read_and_shuffled_together(tmp_path, breast):
+    ds = write_dataset(tmp_path / "ds", breast.images, breast.labels, ["malignant", "normal"], 300)
+    info = loader(ds, batch_size=32, num_workers=0).dataset.info
+    info.parts = [(f"f{k // 10}", k % 10, 100) for k in range(25)]  # 3 files of 10, 10 and 5 groups
+    info.part_bytes = [1 << 20] * 25
+    assert read_blocks(info, 8).tolist() == [0] * 4 + [1] * 4 + [2] * 2 + [3] * 4 + [4] * 4 + [5] * 2 + [6] * 4 \
+        + [7]  # at most half a window, never across files
+    assert read_blocks(info, None).tolist() == list(range(25))  # uniform: one group at a time
+    sampler = WindowShuffleSampler([100] * 25, 50, window=8, seed=1, blocks=read_blocks(info, 8))
+    order = np.concatenate(sampler.spans(0))
+    groups = [np.unique(np.searchsorted(sampler.starts, span, side="right") - 1) for span in sampler.spans(0)]
+    assert sorted(order.tolist()) == list(range(2500))
+    assert all(any(set(g) >= set(range(a, b)) for g in groups) for a, b in [(0, 4), (10, 14), (20, 24)])
 
 
 @pytest.mark.parametrize("shuffle, window", [(True, 4), (True, None), (False, 4)])
