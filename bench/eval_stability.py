@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--stop", default="auc", choices=["auc", "loss", "none"], help="ClassifierConfig.stop")
+    parser.add_argument("--patience", type=int, default=clf.ClassifierConfig.patience)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = load_images(args.data, "train"), load_images(args.data, "test")
@@ -37,7 +39,8 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         wall, cpu = time.perf_counter(), time.process_time()
-        model = clf.train_classifier(train.images[fit], train.labels[fit], len(train.class_names), seed, None,
+        config = clf.ClassifierConfig(stop=args.stop, patience=args.patience)
+        model = clf.train_classifier(train.images[fit], train.labels[fit], len(train.class_names), seed, config,
                                      train.images[val], train.labels[val])
         row = {"seed": seed, **model.trained,
                "test_auc": metrics.roc_auc(test.labels, clf.predict_proba(model, test.images)),
@@ -46,7 +49,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     aucs = np.array([r["test_auc"] for r in rows])
-    summary = {"data": args.data, "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor()
+    val_aucs = np.array([r["official_val_auc"] for r in rows])
+    summary = {"data": args.data, "stop": args.stop, "patience": args.patience,
+               "official_val_auc_mean": float(val_aucs.mean()), "official_val_auc_spread": float(np.ptp(val_aucs)),
+               "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor()
                or platform.machine(), "test_auc_mean": float(aucs.mean()), "test_auc_spread": float(np.ptp(aucs)),
                "cpu_s_per_classifier": float(np.mean([r["cpu_s"] for r in rows])), "runs": rows}
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))

@@ -60,7 +60,8 @@ class ClassifierConfig:
     embed_dim: int = 64
     ema: float = 0.98  # per-step decay of the weight average that is validated and kept
     check_every: int = 50  # steps between validations
-    patience: int = 6  # validations without a better AUC before stopping
+    patience: int = 6  # validations without a better score before stopping
+    stop: str = "auc"  # keep the EMA weights of the best validation "auc" or "loss", or "none": the last ones
     shift: int = 2  # pixels of random translation
 
 
@@ -141,11 +142,11 @@ def _fit(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, weights: torch.Tenso
         opt.step()
         schedule.step()
         average.update_parameters(model)
-        if val is None or (step % config.check_every and step != config.steps):
+        if val is None or config.stop == "none" or (step % config.check_every and step != config.steps):
             continue
-        auc = metrics.roc_auc(val[1], predict_proba(average.module, val[0]))
-        if auc > best:
-            best, best_step, stale = auc, step, 0
+        score = _val_score(average.module, val, weights, config.stop)
+        if score > best:
+            best, best_step, stale = score, step, 0
             best_state = {k: v.clone() for k, v in average.module.state_dict().items()}
         else:
             stale += 1
@@ -156,6 +157,17 @@ def _fit(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, weights: torch.Tenso
         final.load_state_dict(best_state)
     final.trained = {"steps": step, "best_step": best_step or step, "val_auc": None if best_state is None else best}
     return final.eval()
+
+
+def _val_score(model: SmallCNN, val: tuple[np.ndarray, np.ndarray], weights: torch.Tensor, stop: str) -> float:
+    """Higher is better: the validation AUC, or minus the class-weighted cross-entropy."""
+    proba = predict_proba(model, val[0])  # (N, K)
+    if stop == "auc":
+        return metrics.roc_auc(val[1], proba)
+    if stop != "loss":
+        raise ValueError(f"stop must be auc, loss or none, got {stop!r}")
+    log_p = torch.from_numpy(np.log(np.clip(proba, 1e-12, 1.0)))
+    return -float(F.nll_loss(log_p.float(), torch.from_numpy(np.asarray(val[1], np.int64)), weight=weights))
 
 
 def _schedule(opt: torch.optim.Optimizer, config: ClassifierConfig) -> torch.optim.lr_scheduler.LRScheduler:
