@@ -28,8 +28,13 @@ import time
 import numpy as np
 import torch
 
-from synthgen.checkpoint import CheckpointConfig, inspect_checkpoint, pixel_format, save_checkpoint
-from synthgen.generate.actor import ShardGenerator, default_batch_size
+from synthgen.checkpoint import (
+    CheckpointConfig,
+    inspect_checkpoint,
+    pixel_format,
+    save_checkpoint,
+)
+from synthgen.generate.actor import ShardGenerator
 from synthgen.generate.config import WorkerConfig, allocator_env
 from synthgen.generate.plan import ShardSpec, parse_label_plan
 from synthgen.models import DCGANConfig, DCGANGenerator, config_to_dict
@@ -52,7 +57,7 @@ def generate_rate(size: int, batch: int | None, count: int) -> dict:
     root = tempfile.mkdtemp(prefix="synthgen-sizes-")
     try:
         make_model(os.path.join(root, "m"), size)
-        ckpt, fingerprint = inspect_checkpoint(os.path.join(root, "m"))
+        _, fingerprint = inspect_checkpoint(os.path.join(root, "m"))
         layout = Layout("parquet", ("a", "b"), image_shape=(size, size, 1), png_marking=PNG_MARKING)
         config = WorkerConfig(os.path.join(root, "m"), fingerprint, os.path.join(root, "out"), layout, seed=1,
                               labels=parse_label_plan(None, ["a", "b"]).to_json(), batch_size=batch, lanes=LANES,

@@ -17,7 +17,13 @@ from synthgen.checkpoint import read_config
 from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset, loader
 from synthgen.dataset import manifest as mf
-from synthgen.imaging import DIGITAL_SOURCE_TYPE, PARQUET_PNG_SETTINGS, decode_png, encode_png, png_marking
+from synthgen.imaging import (
+    DIGITAL_SOURCE_TYPE,
+    PARQUET_PNG_SETTINGS,
+    decode_png,
+    encode_png,
+    png_marking,
+)
 from synthgen.readers import load_images
 
 runner = CliRunner()
