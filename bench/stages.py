@@ -4,9 +4,11 @@ In one process started with the actors' allocator settings (it re-executes itsel
 one torch thread each, round-robin over ``--repeats``:
   limit      the forward + uint8 conversion on noise made once (bench/throughput.py's ``raw_rate``);
   noise      + seeds and noise made per batch from the image indices (``sampling.generate``);
-  png        + stored-PNG framing of each batch (``imaging.encode_pngs``);
-  actor      the real ``worker.ShardGenerator`` writing 10,240-image Parquet shards, two in flight as the
-             engine hands them out, to a temporary directory;
+  png        + stored-PNG framing of each batch (``imaging.encode_pngs``), unmarked (as synthgen 0.6.0);
+  png-marked + the synthetic marking in each PNG (``imaging.marking_chunks``), as datasets now have it;
+  actor      the real ``worker.ShardGenerator`` writing 10,240-image Parquet shards of marked PNGs, two in
+             flight as the engine hands them out, to a temporary directory;
+  actor-unmarked the same without the marking (a dataset started by synthgen 0.6.0);
   actor-rows the same, with the writer building each batch's Arrow rows but writing nothing.
 Each row prints images/s per repeat and the median's share of the limit's median. No Ray, no driver: the
 difference between ``actor`` and ``synthgen run`` (bench/throughput.py) is Ray's share.
@@ -36,7 +38,7 @@ from synthgen.generate.config import WorkerConfig, allocator_env
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import ShardSpec, image_seeds, parse_label_plan
 from synthgen.generate.sampling import generate
-from synthgen.imaging import encode_pngs, png_settings
+from synthgen.imaging import PNG_MARKING, encode_pngs, marking_chunks, png_settings
 
 LANES, SHARD = 2, 10_240
 
@@ -57,12 +59,13 @@ def on_lanes(count: int, batch: int, work) -> float:
 
 
 def actor_rate(model_dir: str, count: int, rows_only: bool = False, *, device: str = "cpu", lanes: int = LANES,
-               precision: str = "fp32", shard: int = SHARD) -> float:
+               precision: str = "fp32", shard: int = SHARD, marked: bool = True) -> float:
     """images/s of ShardGenerator on shards of ``shard`` images, two in flight (as the engine runs it)."""
     ckpt, fingerprint = inspect_checkpoint(model_dir)
     out = tempfile.mkdtemp(prefix="synthgen-stages-")
     channels, height, width = ckpt.image_shape
-    layout = Layout("parquet", tuple(ckpt.class_names), image_shape=(height, width, channels))
+    layout = Layout("parquet", tuple(ckpt.class_names), image_shape=(height, width, channels),
+                    bit_depth=ckpt.bit_depth, png_marking=PNG_MARKING if marked else None)
     config = WorkerConfig(model_dir, fingerprint, out, layout, seed=5, device=device, lanes=lanes,
                           precision=precision, labels=parse_label_plan(None, ckpt.class_names).to_json())
     generator = ShardGenerator(config)
@@ -108,7 +111,10 @@ def main() -> None:
         "limit": lambda: raw_rate(model, dim, classes, args.count, batch, "fp32", LANES),
         "noise": lambda: on_lanes(args.count, batch, noise),
         "png": lambda: on_lanes(args.count, batch, lambda k: encode_pngs(noise(k), png)),
+        "png-marked": lambda: on_lanes(args.count, batch, lambda k: encode_pngs(
+            noise(k), png, marking_chunks(ckpt.fingerprint, np.arange(k * batch, (k + 1) * batch)))),
         "actor": lambda: actor_rate(args.model, args.count, rows_only=False),
+        "actor-unmarked": lambda: actor_rate(args.model, args.count, marked=False),
         "actor-rows": lambda: actor_rate(args.model, args.count, rows_only=True),
     }
     stages["limit"]()  # warm-up: kernel selection
@@ -119,7 +125,7 @@ def main() -> None:
     limit = float(np.median(rates["limit"]))
     for name, runs in rates.items():
         share = float(np.median(runs)) / limit
-        print(f"{name:10s} {' / '.join(f'{r:,.0f}' for r in runs):>28s} images/s   {share:.3f} of the limit")
+        print(f"{name:14s} {' / '.join(f'{r:,.0f}' for r in runs):>28s} images/s   {share:.3f} of the limit")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 A checkpoint is a directory (local or a URI) holding
 
 - ``config.json``: format version, architecture and its config, image shape, latent size, class names,
+  the pixels the model learned (bit depth and intensity mapping; absent = 8-bit, as before synthgen 0.7),
   training provenance (data file, its sha256, epochs, ...), synthgen version;
 - ``model.safetensors``: the generator's weights;
 - optionally ``training_state.safetensors`` + ``training_state.json``: what ``synthgen train --resume`` needs.
@@ -40,6 +41,14 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 STATE_META_FILE = "training_state.json"
 DEFAULT_MODEL = "breastmnist-dcgan"
+# How the generator's output x in [-1, 1] becomes a pixel of 2**bits levels (sampling.to_pixels_tensor), and
+# how training maps pixels into [-1, 1] (its inverse, without rounding).
+INTENSITY_MAPPING = "pixel = round((clamp(x, -1, 1) + 1) / 2 * (2**bit_depth - 1))"
+
+
+def pixel_format(bit_depth: int) -> dict[str, Any]:
+    """What a checkpoint records about its pixels."""
+    return {"bit_depth": bit_depth, "dtype": "uint8" if bit_depth == 8 else "uint16", "mapping": INTENSITY_MAPPING}
 
 
 @dataclass
@@ -52,6 +61,9 @@ class CheckpointConfig:
     latent_dim: int
     class_names: list[str] = field(default_factory=list)  # empty = unconditional
     training: dict[str, Any] = field(default_factory=dict)  # data, data_sha256, epochs, seed, ...
+    # bit depth, dtype and intensity mapping (pixel_format); None in checkpoints before 0.7: 8-bit. Left out of
+    # config.json when None, so an old checkpoint's fingerprint (a hash of that JSON) does not change.
+    pixels: dict[str, Any] | None = None
     synthgen_version: str = __version__
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -64,8 +76,16 @@ class CheckpointConfig:
     def conditional(self) -> bool:
         return bool(self.class_names)
 
+    @property
+    def bit_depth(self) -> int:
+        """8 or 16: the depth of the pixels the model learned and makes."""
+        return int((self.pixels or {}).get("bit_depth", 8))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        body = asdict(self)
+        if body["pixels"] is None:
+            del body["pixels"]
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str) -> CheckpointConfig:
@@ -97,6 +117,10 @@ class CheckpointConfig:
         if not all(isinstance(n, str) and n for n in self.class_names) or \
                 len(set(self.class_names)) != len(self.class_names):
             raise SynthgenError(f"{source}: class_names must be distinct non-empty strings")
+        if self.pixels is not None and self.pixels not in (pixel_format(8), pixel_format(16)):
+            raise SynthgenError(f"{source}: pixels must be {pixel_format(8)} or the 16-bit form, got {self.pixels}")
+        if self.bit_depth == 16 and self.image_shape[0] != 1:
+            raise SynthgenError(f"{source}: a 16-bit model must make single-channel (grayscale) images")
 
 
 @dataclass

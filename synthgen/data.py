@@ -50,6 +50,12 @@ class DatasetInfo:
     footers: dict[str, pq.FileMetaData] = field(default_factory=dict)  # on object stores: each file's footer,
     # read once here and handed to DataLoader workers, which would otherwise each fetch it again
     manifest: mf.Manifest | None = None
+    bit_depth: int | None = 8  # 16: uint16 pixels; None without a manifest (each image says)
+
+    @property
+    def pixel_dtype(self) -> np.dtype | None:
+        """uint8 or uint16 when the manifest says; None when the images must say."""
+        return None if self.bit_depth is None else np.dtype(np.uint8 if self.bit_depth == 8 else np.uint16)
 
     @property
     def rows(self) -> int:
@@ -90,7 +96,7 @@ def _info_from_manifest(loc: storage.Location, manifest: mf.Manifest, allow_inco
     shape = tuple(manifest.model.get("image_shape") or ()) or None
     parts, sizes, footers = _row_groups(loc, files, layout)
     return DatasetInfo(loc.uri, layout, list(manifest.model.get("class_names") or []), shape, parts, sizes,
-                       footers, manifest)
+                       footers, manifest, mf.bit_depth(manifest))
 
 
 def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
@@ -106,7 +112,8 @@ def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
         raise SynthgenError(f"{loc.uri}: no {mf.MANIFEST_FILE}, data/*.parquet or metadata.parquet; "
                             "not a synthgen dataset")
     parts, sizes, footers = _row_groups(loc, files, layout)
-    return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts, sizes, footers)
+    return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts, sizes, footers,
+                       bit_depth=None)
 
 
 def _is_shard(path: str) -> bool:
@@ -234,7 +241,7 @@ class RowGroupReader:
         return storage.read_bytes(self.loc, self.loc.join(cols["file_name"][k]))
 
     def image(self, cols: dict[str, list], k: int) -> np.ndarray:
-        """Row ``k``'s pixels, uint8 (H, W, C)."""
+        """Row ``k``'s pixels, uint8 or uint16 (H, W, C)."""
         if "pixels" in cols:
             return cols["pixels"][k]
         return decode_png(self.png(cols, k))
@@ -258,7 +265,7 @@ def _columns(table: pa.Table, image_col: str, meta: tuple[str, ...], png_rows: b
         pixels = raw_pixels(images, table.schema.field("image"))  # --encoding raw: no decoding
         rows = _same_length_rows(images.field("bytes")) if pixels is None and png_rows else None
         if pixels is not None:
-            cols["pixels"] = pixels  # (rows, H, W, C) uint8
+            cols["pixels"] = pixels  # (rows, H, W, C) uint8 or uint16
         elif rows is not None:
             cols["png_rows"] = rows  # (rows, PNG size) uint8
         else:
@@ -321,7 +328,7 @@ class SyntheticImageDataset(Dataset):
         return self._reader.item(self._reader.rows(part), k)
 
     def row(self, i: int) -> dict[str, Any]:
-        """Everything stored for position ``i``: index, seed, label and the image as uint8 (H, W, C)."""
+        """Everything stored for position ``i``: index, seed, label and the image as uint8/uint16 (H, W, C)."""
         part, k = self._locate(int(i))
         cols = self._reader.rows(part)
         return {"index": cols["index"][k], "seed": cols["seed"][k], "label": cols["label"][k],
@@ -334,7 +341,7 @@ class SyntheticImageDataset(Dataset):
             positions: row positions to read (default: all), any order.
 
         Returns:
-            uint8 images (N, H, W, C), int64 labels (N,) and the rows' dataset indices (N,), in the order
+            uint8 (or uint16) images (N, H, W, C), int64 labels (N,) and the rows' dataset indices (N,), in the order
             of ``positions``.
         """
         positions = np.arange(len(self)) if positions is None else np.asarray(positions, dtype=np.int64)

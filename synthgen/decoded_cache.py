@@ -40,19 +40,22 @@ def cache_key(info: DatasetInfo) -> str:
     if info.image_shape is None:
         raise SynthgenError(f"{info.uri}: the manifest records no image shape; read it without cache=")
     shards = [(r.file, r.rows, r.sha256) for _, r in sorted(info.manifest.shards.items())]
-    body = json.dumps({"version": CACHE_VERSION, "shards": shards, "shape": list(info.image_shape),
-                       "layout": info.layout})
+    key = {"version": CACHE_VERSION, "shards": shards, "shape": list(info.image_shape), "layout": info.layout}
+    if info.bit_depth != 8:  # 8-bit caches keep the names they had
+        key["bit_depth"] = info.bit_depth
+    body = json.dumps(key)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 class DecodedCache:
-    """A built cache, opened read-only: ``pixels`` (N, H, W, C) uint8 memmap and ``labels`` (N,) int64."""
+    """A built cache, opened read-only: ``pixels`` (N, H, W, C) uint8 (uint16) memmap, ``labels`` (N,) int64."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         meta = json.loads((folder / "meta.json").read_text())
         self.rows, self.shape = int(meta["rows"]), tuple(meta["shape"])  # shape: (H, W, C)
-        self.pixels = np.memmap(folder / "pixels.u8", np.uint8, "r", shape=(self.rows, *self.shape))
+        dtype = np.dtype(meta.get("dtype", "uint8"))
+        self.pixels = np.memmap(folder / _pixels_file(dtype), dtype, "r", shape=(self.rows, *self.shape))
         self.labels = np.load(folder / "labels.npy")
 
     def __getstate__(self) -> dict:  # workers map the file again instead of receiving its pages
@@ -62,7 +65,7 @@ class DecodedCache:
         self.__init__(state["folder"])
 
     def batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (B, H, W, C) pixels and int64 (B,) labels of ``positions``, in that order."""
+        """uint8 or uint16 (B, H, W, C) pixels and int64 (B,) labels of ``positions``, in that order."""
         return self.pixels[positions], self.labels[positions]
 
 
@@ -84,6 +87,10 @@ def open_decoded_cache(info: DatasetInfo, cache_dir: str | Path | None = None) -
     return cache
 
 
+def _pixels_file(dtype: np.dtype) -> str:
+    return "pixels.u8" if dtype == np.uint8 else "pixels.u16"
+
+
 def _build(info: DatasetInfo, root: Path, folder: Path) -> None:
     channels, height, width = info.image_shape
     shape = (height, width, channels)
@@ -94,20 +101,22 @@ def _build(info: DatasetInfo, root: Path, folder: Path) -> None:
     except OSError as err:
         raise SynthgenError(f"{root}: cannot create the decoded cache there ({err.strerror})") from None
     try:
-        pixels = np.memmap(tmp / "pixels.u8", np.uint8, "w+", shape=(info.rows, *shape))
+        dtype = info.pixel_dtype or np.dtype(np.uint8)
+        pixels = np.memmap(tmp / _pixels_file(dtype), dtype, "w+", shape=(info.rows, *shape))
         labels = np.empty(info.rows, np.int64)
         reader, at = RowGroupReader(info, None), 0
         for part in range(len(info.parts)):
             cols = reader.read(part)
             rows = len(cols["label"])
             pixels[at:at + rows] = (cols["pixels"] if "pixels" in cols  # (rows, H, W, C)
-                                    else decode_pngs([reader.png(cols, k) for k in range(rows)], shape))
+                                    else decode_pngs([reader.png(cols, k) for k in range(rows)], shape, dtype))
             labels[at:at + rows] = cols["label"]
             at += rows
         pixels.flush()
         del pixels
         np.save(tmp / "labels.npy", labels)
-        (tmp / "meta.json").write_text(json.dumps({"rows": info.rows, "shape": list(shape), "uri": info.uri}))
+        (tmp / "meta.json").write_text(json.dumps({"rows": info.rows, "shape": list(shape), "uri": info.uri,
+                                                   "dtype": dtype.name}))
         try:
             tmp.rename(folder)
         except OSError:  # another process published the same cache first: theirs is as good

@@ -144,13 +144,14 @@ class SyntheticBatches(Dataset):
         if kinds == {"pixels"} or (kinds == {"png_rows"} and len(widths) == 1):  # a batch of arrays: no loop
             key = kinds.pop()
             labels, stacked = self._gather(groups, parts, rows, key)
-            pixels = stacked if key == "pixels" else decode_png_rows(stacked, self.shape or _shape(stacked[0]))
+            pixels = stacked if key == "pixels" else decode_png_rows(stacked, self.shape or _shape(stacked[0]),
+                                                                      self.info.pixel_dtype)
         else:  # PNGs of several lengths (compressed ones, the PNG tree): one by one
             pairs = zip(parts.tolist(), rows.tolist())
             labels = np.array([groups[p]["label"][k] for p, k in zip(parts.tolist(), rows.tolist())], np.int64)
             pngs = [_png(groups[p], k) for p, k in pairs]
-            pixels = decode_pngs(pngs, self.shape)
-        return pixels, labels  # (B, H, W, C) uint8, (B,)
+            pixels = decode_pngs(pngs, self.shape, self.info.pixel_dtype)
+        return pixels, labels  # (B, H, W, C) uint8 or uint16, (B,)
 
     @staticmethod
     def _gather(groups: dict[int, dict], parts: np.ndarray, rows: np.ndarray, key: str):
@@ -163,9 +164,9 @@ class SyntheticBatches(Dataset):
         return labels, out
 
     def _finish(self, pixels: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
-        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (B, C, H, W) uint8
-        if self.dtype != torch.uint8:
-            images = images.to(self.dtype).div_(255)
+        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (B, C, H, W) uint8/16
+        if self.dtype.is_floating_point:  # [0, 1]: by 255, or 65535 for 16-bit pixels
+            images = images.to(self.dtype).div_(float(np.iinfo(pixels.dtype).max))
         targets = torch.from_numpy(labels)  # (B,) int64
         if self.transform is not None:
             done = [self._call(self.transform, x, int(y)) for x, y in zip(images, labels.tolist())]

@@ -22,9 +22,10 @@ Transform = Callable[[Image.Image], Any]
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (C, H, W) in [0, 1]."""
+    """uint8 or uint16 (H, W, C) -> float32 (C, H, W) in [0, 1] (divided by 255 or 65535)."""
+    top = float(np.iinfo(image.dtype).max)
     # np.array copies: arrays from PIL are read-only, which torch warns about
-    return torch.from_numpy(np.array(image.transpose(2, 0, 1))).float().div_(255)  # (C, H, W)
+    return torch.from_numpy(np.array(image.transpose(2, 0, 1))).float().div_(top)  # (C, H, W)
 
 
 class RealImageDataset(Dataset):
@@ -40,7 +41,7 @@ class RealImageDataset(Dataset):
         return len(self.data.images)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        image, label = self.data.images[i], int(self.data.labels[i])  # (H, W, C) uint8
+        image, label = self.data.images[i], int(self.data.labels[i])  # (H, W, C) uint8 or uint16 (I;16 for PIL)
         if self.transform is not None:
             return self.transform(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)), label
         return to_tensor(image), label

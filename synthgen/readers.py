@@ -1,11 +1,13 @@
 """Training data in: MedMNIST-style .npz, a folder of class subfolders, or Parquet (Hugging Face or synthgen).
 
-Every reader returns one :class:`ImageSet` of uint8 ``(N, H, W, C)`` images and int64 labels, plus the
-sha256 of the bytes it read, so a checkpoint can say exactly which data made it. Paths go through
+Every reader returns one :class:`ImageSet` of ``(N, H, W, C)`` images, uint8 (8-bit gray or RGB) or uint16
+(16-bit gray), and int64 labels, plus the sha256 of the bytes it read, so a checkpoint can say exactly which data made it. Paths go through
 :mod:`synthgen.storage`, so ``s3://`` and friends work like local paths. No torch here: readers are
 plain numpy + Pillow + pyarrow.
 
-Anything wrong with the input raises :class:`SynthgenError` naming the file and what to fix.
+Anything wrong with the input raises :class:`SynthgenError` naming the file and what to fix, and so does
+anything that cannot be kept exactly (float pixels, 16-bit colour, 32-bit values, 8- and 16-bit images mixed
+in one set): never a silent conversion.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from synthgen import storage
 from synthgen.dataset.format import UNLABELED, UNLABELED_NAME, Layout, raw_pixels
 from synthgen.errors import SynthgenError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Pillow modes that hold one gray channel; everything else (RGB, RGBA, P, CMYK, ...) becomes RGB
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Pillow modes of 8-bit gray (kept as "L"); 16-bit gray modes are kept as uint16; other 8-bit modes (RGB, RGBA,
+# P, CMYK, ...) become RGB; the rest ("F", "I" beyond 16 bits, 16-bit colour) are refused
+GRAY_MODES = ("1", "L", "LA")
+GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+FLOAT_HINT = ("synthgen keeps 8- or 16-bit integer pixels exactly and will not guess a window for other data; "
+              "convert it to uint8 or uint16 with the window you want first")
 
 
 @dataclass
 class ImageSet:
     """Images and labels read from one source."""
 
-    images: np.ndarray  # (N, H, W, C) uint8, C in (1, 3)
+    images: np.ndarray  # (N, H, W, C) uint8, C in (1, 3); or uint16 with C == 1 (16-bit gray)
     labels: np.ndarray  # (N,) int64, in range(len(class_names))
     class_names: list[str]
     sha256: str  # of the source bytes (for folders: sorted relative paths + bytes)
@@ -45,6 +51,11 @@ class ImageSet:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def bit_depth(self) -> int:
+        """8 for uint8 images, 16 for uint16."""
+        return 16 if self.images.dtype == np.uint16 else 8
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -58,7 +69,7 @@ def load_images(path: str, split: str = "train") -> ImageSet:
 
     Args:
         path: a ``.npz`` (MedMNIST layout), a ``.parquet`` file, a directory of ``*.parquet`` files
-            (e.g. a synthgen dataset) or a directory with one subfolder of PNG/JPEG images per class.
+            (e.g. a synthgen dataset) or a directory with one subfolder of PNG/JPEG/TIFF images per class.
         split: which ``{split}_images`` / ``{split}_labels`` pair to read from an ``.npz``; for a Parquet
             directory, files named ``{split}-*`` are preferred when there are any.
 
@@ -122,13 +133,26 @@ def _npz_images(images: np.ndarray, source: str, key: str) -> np.ndarray:
         images = images[..., None]  # grayscale (N, H, W) -> (N, H, W, 1)
     if images.ndim != 4 or images.shape[3] not in (1, 3):
         raise SynthgenError(f"{source}: {key} must be (N, H, W) or (N, H, W, 3), got {images.shape}")
-    if images.dtype != np.uint8:
-        if images.size and (images.min() < 0 or images.max() > 255 or not np.issubdtype(images.dtype, np.integer)):
-            raise SynthgenError(f"{source}: {key} must hold uint8 pixel values 0-255, got {images.dtype}")
-        images = images.astype(np.uint8)
+    images = _exact_pixels(images, f"{source}: {key}")
     if len(images) == 0:
         raise SynthgenError(f"{source}: {key} holds zero images")
     return np.ascontiguousarray(images)
+
+
+def _exact_pixels(images: np.ndarray, where: str) -> np.ndarray:
+    """uint8 and uint16 arrays as they are; other integer arrays as uint8 when every value fits 0-255 (as
+    synthgen always read them), else uint16 when they fit 0-65535; anything else is refused."""
+    if images.dtype not in (np.uint8, np.uint16):
+        if not np.issubdtype(images.dtype, np.integer):
+            raise SynthgenError(f"{where} holds {images.dtype} pixels; {FLOAT_HINT}")
+        low, high = (int(images.min()), int(images.max())) if images.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise SynthgenError(f"{where} holds {images.dtype} values {low}..{high}, outside 0-65535; {FLOAT_HINT}")
+        images = images.astype(np.uint8 if high <= 255 else np.uint16)
+    if images.dtype == np.uint16 and images.shape[-1] != 1:
+        raise SynthgenError(f"{where} holds 16-bit colour images; synthgen keeps 16 bits for grayscale only "
+                            "(8-bit RGB, or 16-bit single-channel images)")
+    return images
 
 
 def _flat_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
@@ -185,13 +209,13 @@ def _read_folder(loc: storage.Location, class_order: list[str] | None = None) ->
         if set(classes) <= set(dirs):
             names, label_of = list(class_order), {d: i for i, d in enumerate(dirs)}
     if not classes:
-        raise SynthgenError(f"{loc.uri}: empty folder; expected one subfolder of PNG/JPEG images per class")
+        raise SynthgenError(f"{loc.uri}: empty folder; expected one subfolder of PNG/JPEG/TIFF images per class")
     arrays, labels, h = [], [], hashlib.sha256()
     for name in classes:
         label = label_of[name]
         members = [f for f in files if _rel(loc, f).startswith(name + "/") and f.lower().endswith(IMAGE_SUFFIXES)]
         if not members:
-            raise SynthgenError(f"{loc.join(name)}: class folder has no PNG/JPEG images")
+            raise SynthgenError(f"{loc.join(name)}: class folder has no PNG/JPEG/TIFF images")
         for f in members:
             data = _read(loc, f)
             _hash_member(h, _rel(loc, f), data)
@@ -241,6 +265,7 @@ def _parquet_images(column: pa.ChunkedArray, field: pa.Field, path: str) -> list
     if stacked is not None:
         if stacked.shape[3] not in (1, 3):
             raise SynthgenError(f"{path}: raw 'image' pixels must have 1 or 3 channels, got shape {stacked.shape[1:]}")
+        stacked = _exact_pixels(stacked, f"{path}: raw 'image' column")
         return [(f"{path} row {k}", img) for k, img in enumerate(stacked)]
     out = []
     for k, cell in enumerate(column.to_pylist()):
@@ -300,24 +325,52 @@ def _pick_split(paths: list[str], split: str) -> list[str]:
 # ---------------------------------------------------------------- shared
 
 def _decode(data: bytes, source: str) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H, W, 1) for gray modes, (H, W, 3) otherwise."""
+    """PNG/JPEG/TIFF bytes -> uint8 (H, W, 1) for 8-bit gray modes, uint16 (H, W, 1) for 16-bit gray,
+    uint8 (H, W, 3) for other 8-bit modes; float, 32-bit and 16-bit colour images are refused."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            arr = np.asarray(img.convert("L" if img.mode in GRAY_MODES else "RGB"))
+            arr = _exact_array(img, data, source)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # a bomb error is a header claiming hundreds of megapixels: damaged or hostile, either way not data
-        raise SynthgenError(f"{source}: not a readable PNG/JPEG image ({err})") from None
+        raise SynthgenError(f"{source}: not a readable PNG/JPEG/TIFF image ({err})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def _exact_array(img: Image.Image, data: bytes, source: str) -> np.ndarray:
+    if img.mode in GRAY16_MODES:
+        return np.asarray(img).astype(np.uint16)  # I;16B is big-endian: native order, same values
+    if img.mode == "I":  # 32-bit integers (some 16-bit files open so): kept when they fit 16 bits
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise SynthgenError(f"{source}: 32-bit integer pixels {arr.min()}..{arr.max()} do not fit 16 bits; "
+                                f"{FLOAT_HINT}")
+        return arr.astype(np.uint16)
+    if img.mode == "F" or img.mode.startswith(("I;32", "F;")):
+        raise SynthgenError(f"{source}: {img.mode} (floating-point or 32-bit) pixels; {FLOAT_HINT}")
+    if _png_bit_depth(data) == 16:  # Pillow reads 16-bit colour PNGs as 8-bit RGB(A): that would clip
+        raise SynthgenError(f"{source}: a 16-bit colour PNG; synthgen keeps 16 bits for grayscale only "
+                            "(convert it to 8-bit RGB or 16-bit gray first)")
+    return np.asarray(img.convert("L" if img.mode in GRAY_MODES else "RGB"))
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """The bit depth in a PNG's IHDR (None for other formats)."""
+    return data[24] if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 else None
+
+
 def _stack(arrays: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """Stack decoded images; gray ones become RGB when any image is colour, so the set has one format."""
+    """Stack decoded images; 8-bit gray ones become RGB when any image is colour, so the set has one format.
+    8- and 16-bit images mixed are refused: widening one kind would be a guess at the intended window."""
     first_name, first = arrays[0]
     for name, arr in arrays:
         if arr.shape[:2] != first.shape[:2]:
             raise SynthgenError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]} but {first_name} is "
                                 f"{first.shape[1]}x{first.shape[0]}; all images must have one size")
+        if arr.dtype != first.dtype:
+            depth = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}
+            raise SynthgenError(f"{name}: a {depth[arr.dtype]} image, but {first_name} is {depth[first.dtype]}; "
+                                "all images of one set must have one bit depth")
     channels = max(arr.shape[2] for _, arr in arrays)
     return np.stack([np.repeat(arr, channels // arr.shape[2], axis=2) for _, arr in arrays])  # (N, H, W, C)
 

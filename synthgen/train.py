@@ -29,7 +29,7 @@ from synthgen.generate.plan import image_seeds
 from synthgen.generate.sampling import NonFiniteOutput, generate
 from synthgen.imaging import image_grid, save_png
 from synthgen.models import DCGANConfig, VAEConfig, config_to_dict
-from synthgen.models.dcgan import SUPPORTED_SIZES
+from synthgen.models.dcgan import describe_sizes, upsampling_plan
 from synthgen.readers import ImageSet, load_images
 from synthgen.trainers import GANTrainer, Trainer, VAETrainer
 
@@ -60,7 +60,7 @@ class TrainConfig:
     lr: float | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    image_size: int | None = None  # default: the data's size
+    image_size: tuple[int, int] | int | None = None  # (H, W) or a square's side; default: the data's size
     latent_dim: int | None = None
     width: int | None = None
     class_names: list[str] | None = None  # override the data's names (same count)
@@ -79,9 +79,9 @@ class TrainConfig:
             raise SynthgenError(f"--batch-size must be at least 2, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise SynthgenError(f"--lr must be positive, got {self.lr}")
-        if self.image_size is not None and self.image_size not in SUPPORTED_SIZES:
-            raise SynthgenError(f"--image-size must be one of {', '.join(map(str, SUPPORTED_SIZES))}, "
-                                f"got {self.image_size}")
+        if self.image_size is not None and upsampling_plan(*self.size_hw()) is None:
+            raise SynthgenError(f"--image-size {'x'.join(map(str, self.size_hw()))} is not one the {self.arch} "
+                                f"family makes: {describe_sizes()}")
         for flag, value in (("--latent-dim", self.latent_dim), ("--width", self.width)):
             if value is not None and value < 1:
                 raise SynthgenError(f"{flag} must be a positive integer, got {value}")
@@ -89,6 +89,14 @@ class TrainConfig:
             raise SynthgenError("--resume and --overwrite contradict each other; pick one")
         if not 0 <= self.seed < 2**63:
             raise SynthgenError(f"--seed must be in [0, 2**63), got {self.seed}")
+
+    def size_hw(self) -> tuple[int, int] | None:
+        """--image-size as (H, W); None when not given."""
+        if self.image_size is None:
+            return None
+        if isinstance(self.image_size, int):
+            return self.image_size, self.image_size
+        return int(self.image_size[0]), int(self.image_size[1])
 
     def setting(self, name: str) -> Any:
         value = getattr(self, name)
@@ -186,18 +194,20 @@ def training_device(name: str) -> torch.device:
 
 
 def prepare_images(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, list[str]]:
-    """The data as a uint8 ``(N, C, S, S)`` tensor at the training size, and the class names to save.
+    """The data as a uint8 (uint16 for 16-bit data) ``(N, C, H, W)`` tensor at the training size, and the
+    class names to save. Without --image-size the data's own size is kept, non-square too, when the model
+    family makes it.
 
     Returns:
         (images, class_names); class_names is empty for an unconditional model.
     """
     _, h, w, c = data.images.shape
-    size = config.image_size or h
-    if config.image_size is None and (h != w or h not in SUPPORTED_SIZES):
-        raise SynthgenError(f"{data.source}: images are {w}x{h}; pass --image-size "
-                            f"({', '.join(map(str, SUPPORTED_SIZES))}) to resize them")
-    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8
-    if (h, w) != (size, size):
+    size = config.size_hw() or (h, w)
+    if config.image_size is None and upsampling_plan(h, w) is None:
+        raise SynthgenError(f"{data.source}: images are {h}x{w} (HxW), a size the {config.arch} family does not "
+                            f"make; pass --image-size H[xW] to resize them ({describe_sizes()})")
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8 or uint16
+    if (h, w) != size:
         images = _resize(images, size)
     names = data.class_names
     if config.class_names is not None:
@@ -210,18 +220,22 @@ def prepare_images(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, l
     return images, (names if conditional else [])
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear with antialiasing (a triangle filter as wide as the scale when shrinking): no ringing, so no
+    pixel leaves the range its neighbours span (why this filter: docs/design.md). Keeps the dtype."""
+    top = 65535 if images.dtype == torch.uint16 else 255
     out = []
     for chunk in images.split(1024):  # bounded memory for big sets
-        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)  # (B, C, size, size)
-        out.append(x.round().clamp(0, 255).to(torch.uint8))
+        x = F.interpolate(chunk.float(), size=size, mode="bilinear", antialias=True,
+                          align_corners=False)  # (B, C, H, W)
+        out.append(x.round().clamp(0, top).to(torch.int32).to(images.dtype))
     return torch.cat(out)
 
 
 def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ...],
                        class_names: list[str]) -> ckpt.CheckpointConfig:
-    channels, size = int(shape[0]), int(shape[1])
+    channels, height, width = int(shape[0]), int(shape[1]), int(shape[2])
+    size = height if height == width else [height, width]  # squares as before 0.7: an int
     common = {"latent_dim": config.setting("latent_dim"), "image_size": size, "channels": channels,
               "num_classes": len(class_names), "width": config.setting("width")}
     try:
@@ -234,8 +248,8 @@ def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ..
                 "seed": config.seed, "lr": config.setting("lr"), "batch_size": config.batch_size,
                 "arch": config.arch}
     return ckpt.CheckpointConfig(arch=config.arch, model_config=config_to_dict(arch_config),
-                                 image_shape=[channels, size, size], latent_dim=common["latent_dim"],
-                                 class_names=class_names, training=training)
+                                 image_shape=[channels, height, width], latent_dim=common["latent_dim"],
+                                 class_names=class_names, training=training, pixels=ckpt.pixel_format(data.bit_depth))
 
 
 def _check_width(arch_config: DCGANConfig | VAEConfig) -> None:
@@ -243,7 +257,7 @@ def _check_width(arch_config: DCGANConfig | VAEConfig) -> None:
     # the generator halves the width once per stage; it must not reach zero channels
     smallest = 2 ** (dec.num_upsamples + 1)
     if dec.width < smallest:
-        raise SynthgenError(f"--width must be at least {smallest} for {dec.image_size}x{dec.image_size} "
+        raise SynthgenError(f"--width must be at least {smallest} for {dec.hw[0]}x{dec.hw[1]} "
                             f"images, got {dec.width}")
 
 
@@ -301,7 +315,9 @@ def _resume(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer) 
 def _make_trainer(config: TrainConfig, meta: ckpt.CheckpointConfig, device: torch.device) -> Trainer:
     torch.manual_seed(config.seed)  # weight init and dropout
     cls = GANTrainer if config.arch == "dcgan" else VAETrainer
-    return cls(meta.model_config, lr=config.setting("lr"), seed=config.seed, device=device)
+    trainer = cls(meta.model_config, lr=config.setting("lr"), seed=config.seed, device=device)
+    trainer.bit_depth = meta.bit_depth
+    return trainer
 
 
 def _save_epoch(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer,
@@ -329,7 +345,7 @@ def _save_samples(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Tra
     generator = trainer.generator
     generator.eval()
     try:
-        images = generate(generator, seeds, labels)  # (rows * cols, H, W, C) uint8
+        images = generate(generator, seeds, labels, bit_depth=meta.bit_depth)  # (rows * cols, H, W, C)
     except NonFiniteOutput as err:  # a diverged generator: say so; the grid would be arbitrary pixels
         print(f"warning: epoch {epoch}: no sample grid: {err}", file=sys.stderr, flush=True)
         return

@@ -39,6 +39,7 @@ class Trainer:
         self.modules: dict[str, nn.Module] = {}  # saved in the training state (not the generator)
         self.steps = 0
         self.seed = seed
+        self.bit_depth = 8  # of the pixels run_epoch gets; pixel p trains as p / ((2**bits - 1) / 2) - 1
         self.label_pool: torch.Tensor | None = None  # (N,) the training labels, once an epoch has run
 
     def autocast(self):
@@ -54,7 +55,7 @@ class Trainer:
 
     def run_epoch(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
                   bar: Any = None) -> dict[str, float]:
-        """One pass over ``images`` (uint8 ``(N, C, H, W)``) in a seeded random order.
+        """One pass over ``images`` (uint8, or uint16 for 16-bit, ``(N, C, H, W)``) in a seeded random order.
 
         Returns:
             The epoch's mean of every loss the step reports.
@@ -63,12 +64,13 @@ class Trainer:
         self.label_pool = labels
         size = min(batch_size, n)
         perm = torch.randperm(n, generator=self.shuffle)
+        half = (2**self.bit_depth - 1) / 2  # 127.5 for 8 bits (as always), 32767.5 for 16: the depth's max / 2
         totals: dict[str, float] = {}
         seen = 0
         # the ragged tail is dropped: a batch of one breaks BatchNorm, and the next epoch reshuffles anyway
         for start in range(0, n - size + 1, size):
             idx = perm[start:start + size]
-            x = images[idx].to(self.device).float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1]
+            x = images[idx].to(self.device).float().div_(half).sub_(1.0)  # (B, C, H, W) in [-1, 1]
             y = labels[idx].to(self.device) if labels is not None else None  # (B,)
             self.steps += 1
             for key, value in self.step(x, y).items():

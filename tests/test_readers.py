@@ -227,7 +227,7 @@ def test_class_folder_without_images(tmp_path: Path) -> None:
     (tmp_path / "a" / "x.png").write_bytes(_png(np.zeros((4, 4), np.uint8)))
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "readme.txt").write_text("no images here")
-    _raises(tmp_path, "/b", "no PNG/JPEG images")
+    _raises(tmp_path, "/b", "no PNG/JPEG/TIFF images")
 
 
 def test_folder_mixed_sizes(tmp_path: Path) -> None:
@@ -272,3 +272,84 @@ def test_parquet_zero_rows(tmp_path: Path) -> None:
     path = tmp_path / "zero.parquet"
     pq.write_table(pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.int64())}), path)
     _raises(path, "zero.parquet", "zero images")
+
+
+# ---------------------------------------------------------------- bit depth: 16-bit kept, nothing clipped
+
+RAMP16 = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)  # 0, 1040, ..., 65520: above 8 bits
+
+
+def _encoded(arr: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.frombytes(mode, arr.shape[::-1], arr.astype(">u2" if mode == "I;16B" else "<u2").tobytes()) \
+        if mode else Image.fromarray(arr)
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_a_16bit_png_ramp_is_read_as_16_bits_not_clipped(tmp_path: Path) -> None:
+    """The issue's case: synthgen <= 0.6 read an I;16 ramp through convert("L") as 0, 255, 255, ..."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "ramp.png").write_bytes(_encoded(RAMP16, "PNG"))
+    data = load_images(str(tmp_path))
+    assert data.images.dtype == np.uint16 and data.bit_depth == 16
+    np.testing.assert_array_equal(data.images[0, :, :, 0], RAMP16)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L"])
+def test_16bit_tiff_folders_keep_every_value(tmp_path: Path, mode: str) -> None:
+    for k, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"x{k}.tif").write_bytes(_encoded(RAMP16 + k, "TIFF", mode))
+    data = load_images(str(tmp_path))
+    assert data.images.dtype == np.uint16 and data.images.shape == (2, 8, 8, 1)
+    np.testing.assert_array_equal(data.images[1, :, :, 0], RAMP16 + 1)
+
+
+def test_uint16_npz_is_kept_and_8bit_data_stays_8bit(tmp_path: Path, breast_npz: str) -> None:
+    path = tmp_path / "ct.npz"
+    np.savez(path, train_images=np.stack([RAMP16, RAMP16[::-1]]), train_labels=np.array([0, 1]))
+    data = load_images(str(path))
+    assert data.images.dtype == np.uint16 and data.images.max() == 65520
+    dark = tmp_path / "dark.npz"  # a uint16 array whose values happen to fit 8 bits is still 16-bit data
+    np.savez(dark, train_images=np.full((2, 8, 8), 7, np.uint16), train_labels=np.array([0, 1]))
+    assert load_images(str(dark)).images.dtype == np.uint16
+    assert load_images(breast_npz).images.dtype == np.uint8
+
+
+def test_8bit_rgb_pngs_stay_8bit(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "c.png").write_bytes(_png(np.full((8, 8, 3), 200, np.uint8)))
+    data = load_images(str(tmp_path))
+    assert data.images.dtype == np.uint8 and data.images.shape == (1, 8, 8, 3) and data.bit_depth == 8
+
+
+def test_mixed_bit_depths_in_one_folder_are_refused_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1-deep.png").write_bytes(_encoded(RAMP16, "PNG"))
+    (tmp_path / "a" / "2-shallow.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    _raises(tmp_path, "2-shallow.png", "8-bit", "16-bit", "one bit depth")
+
+
+def test_float_and_wide_data_are_refused_not_converted(tmp_path: Path) -> None:
+    floats = tmp_path / "f.npz"
+    np.savez(floats, train_images=np.zeros((2, 8, 8), np.float32), train_labels=np.array([0, 1]))
+    _raises(floats, "f.npz", "float32", "window")
+    wide = tmp_path / "w.npz"
+    np.savez(wide, train_images=np.full((2, 8, 8), 70000, np.int32), train_labels=np.array([0, 1]))
+    _raises(wide, "w.npz", "0-65535")
+    color16 = tmp_path / "c16.npz"
+    np.savez(color16, train_images=np.zeros((2, 8, 8, 3), np.uint16), train_labels=np.array([0, 1]))
+    _raises(color16, "c16.npz", "16-bit colour")
+    (tmp_path / "tif" / "a").mkdir(parents=True)
+    (tmp_path / "tif" / "a" / "float.tif").write_bytes(_encoded(RAMP16.astype(np.float32), "TIFF"))
+    _raises(tmp_path / "tif", "float.tif", "floating-point")
+
+
+def test_a_16bit_colour_png_is_refused_not_read_as_8bit(tmp_path: Path) -> None:
+    import imagecodecs
+
+    (tmp_path / "a").mkdir()
+    rgb16 = np.stack([RAMP16] * 3, axis=-1)
+    (tmp_path / "a" / "rgb16.png").write_bytes(imagecodecs.png_encode(rgb16))
+    _raises(tmp_path, "rgb16.png", "16-bit colour PNG")

@@ -30,8 +30,10 @@ def train(
                                                 "(default: dcgan 2e-4, vae 1e-3; with --resume: as saved).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, shuffling and noise.")] = 0,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size "
-                                                      "(28, 32, 64 or 128) (default: the data's size).")] = None,
+    image_size: Annotated[Optional[str], typer.Option("--image-size", help="Train at H[xW] pixels, resized "
+                                                      "bilinearly with antialiasing (e.g. 128 or 256x192; sides "
+                                                      "s*2**n, s in 3..8, at most 512) (default: the data's "
+                                                      "size).")] = None,
     latent_dim: Annotated[Optional[int], typer.Option("--latent-dim", help="Noise size "
                                                       "(default: dcgan 100, vae 32).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Generator's first feature-map channels "
@@ -50,8 +52,9 @@ def train(
     from synthgen.train import train as run_training
 
     names = [n.strip() for n in class_names.split(",")] if class_names is not None else None
+    size = _image_size(image_size) if image_size is not None else None
     config = TrainConfig(data=data, out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         device=device, image_size=image_size, latent_dim=latent_dim, width=width,
+                         device=device, image_size=size, latent_dim=latent_dim, width=width,
                          class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
                          split=split)
     previous = stop_on_signals((signal.SIGINT, signal.SIGTERM))  # held while an epoch is being saved
@@ -111,7 +114,7 @@ def sample(
         seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
         labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None
         try:
-            images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+            images = generate(ckpt.model, seeds, labels, bit_depth=ckpt.config.bit_depth)  # (N, H, W, C)
         except NonFiniteOutput as err:
             fail(f"{ckpt.source}: {err}")
         # each class starts a new row, so the blocks line up and column k shares its seed across classes
@@ -142,6 +145,15 @@ def models() -> None:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """--image-size "128" or "256x192" (H x W) -> (H, W); anything else fails naming the flag."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        fail(f"--image-size must be H or HxW in pixels (e.g. 128 or 256x192), got {text!r}")
+    height, width = int(parts[0]), int(parts[-1])
+    return height, width
+
+
 def _label_rows(label: str | None, class_names: list[str]) -> list[int]:
     """Class indices to draw: the one --label names, or all classes (none for an unconditional model)."""
     if label is None:
@@ -161,6 +173,6 @@ def _pad_rows(images: np.ndarray, per_block: int, ncol: int) -> np.ndarray:
     """Insert blank (white) tiles so every block of ``per_block`` images starts on a fresh grid row."""
     if per_block % ncol == 0 or len(images) == per_block:
         return images
-    blank = np.full((ncol - per_block % ncol,) + images.shape[1:], 255, dtype=np.uint8)
+    blank = np.full((ncol - per_block % ncol,) + images.shape[1:], np.iinfo(images.dtype).max, dtype=images.dtype)
     blocks = [images[i:i + per_block] for i in range(0, len(images), per_block)]
     return np.concatenate([part for block in blocks for part in (block, blank)][:-1])

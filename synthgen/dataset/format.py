@@ -2,9 +2,9 @@
 and raw pixels.
 
 Parquet shards store each image either as PNG bytes (``encoding="png"``, Hugging Face's Image struct) or as
-raw uint8 pixels (``encoding="raw"``): one ``fixed_size_binary`` value of H*W*C bytes per row, row-major
-(H, W, C), the shape in the column's field metadata (the older layout :func:`raw_pixels` also reads:
-docs/design.md).
+raw pixels (``encoding="raw"``): one ``fixed_size_binary`` value of H*W*C pixels per row, row-major
+(H, W, C), the shape in the column's field metadata; uint8, or for a 16-bit model little-endian uint16 with
+``"dtype": "<u2"`` beside the shape (the older layout :func:`raw_pixels` also reads: docs/design.md).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class Layout:
     class_names: tuple[str, ...]
     encoding: str = "png"
     image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C) of every image
+    bit_depth: int = 8  # 16: uint16 pixels (16-bit PNGs, or 2 bytes a raw pixel)
+    png_marking: str | None = None  # imaging.PNG_MARKING: every PNG carries the synthetic marking; None: none
     file_metadata: dict[str, Any] = field(default_factory=dict)  # job identity + model, in each Parquet file
 
     def class_dir(self, label: int) -> str:
@@ -72,17 +74,20 @@ def hf_features(class_names: tuple[str, ...], encoding: str = "png") -> dict[str
             "seed": {"dtype": "uint64", "_type": "Value"}, "label": label}
 
 
+RAW_DTYPES = {8: "|u1", 16: "<u2"}  # numpy's names, byte order included
+
+
 def image_type(layout: Layout) -> pa.DataType:
     if layout.encoding == "raw":
-        return pa.binary(int(np.prod(layout.image_shape)))
+        return pa.binary(int(np.prod(layout.image_shape)) * np.dtype(RAW_DTYPES[layout.bit_depth]).itemsize)
     return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def raw_pixels(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> np.ndarray | None:
-    """(N, H, W, C) uint8 pixels of a raw image column, or None when ``column`` holds none.
+    """(N, H, W, C) uint8 (or uint16) pixels of a raw image column, or None when ``column`` holds none.
 
-    Reads synthgen's fixed-size binary (shape from the field metadata) and the ``fixed_shape_tensor`` of
-    datasets written by synthgen 0.2-0.3.
+    Reads synthgen's fixed-size binary (shape, and for 16-bit pixels the dtype, from the field metadata) and
+    the ``fixed_shape_tensor`` of datasets written by synthgen 0.2-0.3.
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -93,19 +98,26 @@ def raw_pixels(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> np.ndarra
     shape = json.loads((field.metadata or {}).get(b"shape", b"null"))
     if not pa.types.is_fixed_size_binary(column.type) or not isinstance(shape, list) or len(shape) != 3:
         return None
-    if int(np.prod(shape)) != column.type.byte_width:
-        raise ValueError(f"raw image column: {column.type.byte_width} bytes per row do not hold shape {shape}")
+    dtype = (field.metadata or {}).get(b"dtype", b"|u1").decode()
+    if dtype not in RAW_DTYPES.values():
+        raise ValueError(f"raw image column: pixel dtype {dtype!r} is not one synthgen writes (uint8, <u2)")
+    dtype = np.dtype(dtype)
+    if int(np.prod(shape)) * dtype.itemsize != column.type.byte_width:
+        raise ValueError(f"raw image column: {column.type.byte_width} bytes per row do not hold shape {shape} "
+                         f"of {dtype}")
     if column.null_count:
         raise ValueError(f"raw image column: {column.null_count} row(s) without pixels")
     if not len(column):
-        return np.zeros((0, *shape), np.uint8)
-    flat = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * column.type.byte_width,
+        return np.zeros((0, *shape), dtype.newbyteorder("="))
+    flat = np.frombuffer(column.buffers()[1], dtype, count=len(column) * int(np.prod(shape)),
                          offset=column.offset * column.type.byte_width)
-    return flat.reshape(len(column), *shape)
+    return flat.reshape(len(column), *shape).astype(dtype.newbyteorder("="), copy=False)
 
 
 def parquet_schema(layout: Layout) -> pa.Schema:
     shape = {"shape": json.dumps(list(layout.image_shape))} if layout.encoding == "raw" else None
+    if shape is not None and layout.bit_depth != 8:  # 8-bit columns keep the metadata of earlier versions
+        shape["dtype"] = RAW_DTYPES[layout.bit_depth]
     schema = pa.schema([pa.field("image", image_type(layout), metadata=shape), ("index", pa.int64()),
                         ("seed", pa.uint64()), ("label", pa.int64())])
     hf = {"info": {"features": hf_features(layout.class_names, layout.encoding)}}

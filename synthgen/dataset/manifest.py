@@ -15,7 +15,7 @@ from synthgen import __version__, storage
 from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
 from synthgen.errors import SynthgenError
 from synthgen.generate import plan
-from synthgen.imaging import png_encoder_name, png_settings
+from synthgen.imaging import PNG_MARKING, png_encoder_name, png_settings
 
 if TYPE_CHECKING:
     from synthgen.checkpoint import CheckpointConfig
@@ -27,10 +27,12 @@ FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
-                   "png_encoder", "parquet_compression", "raw_layout")
+                   "png_encoder", "parquet_compression", "raw_layout", "png_marking")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
-BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy"}
+# Before 0.7.0 no PNG carried the synthetic marking (imaging.PNG_MARKING).
+BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy",
+                   "png_marking": None}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
 # and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
 MADE_ON = "made_on"
@@ -76,7 +78,8 @@ class Manifest:
         """What every Parquet file of the dataset carries: only what decides the bytes (no paths, which differ
         between machines, and nothing recorded after the run started)."""
         model = {k: self.model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}
-        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS}, "model": model}
+        # a field a dataset's first version did not record stays out, so its files keep their bytes
+        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS if k in self.job}, "model": model}
 
     def rows_done(self) -> int:
         return sum(r.rows for r in self.shards.values())
@@ -129,11 +132,24 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
            "encoding": config.encoding, "precision": config.precision, "inference_form": plan.INFERENCE_FORM,
            "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
-           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": None if png else RAW_LAYOUT}
+           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": None if png else RAW_LAYOUT,
+           "png_marking": PNG_MARKING if png else None}
     model = {"source": source, "fingerprint": fingerprint, "arch": checkpoint.arch,
-             "image_shape": checkpoint.image_shape, "latent_dim": checkpoint.latent_dim,
+             "image_shape": checkpoint.image_shape, "bit_depth": checkpoint.bit_depth, "latent_dim": checkpoint.latent_dim,
              "class_names": checkpoint.class_names, "training": checkpoint.training}
     return Manifest(job, model)
+
+
+def follow_unmarked(existing: Manifest, fresh: Manifest) -> None:
+    """A dataset started before PNGs were marked (synthgen 0.6.0 and earlier) is finished without the marking,
+    so its missing shards get the bytes its first version would have written, never a mix of the two."""
+    if "png_marking" not in existing.job and fresh.job.get("png_marking") is not None:
+        del fresh.job["png_marking"]
+
+
+def bit_depth(manifest: Manifest) -> int:
+    """The depth of a dataset's pixels: 8, or 16 for a 16-bit model (8 in manifests before 0.7.0)."""
+    return int(manifest.model.get("bit_depth", 8))
 
 
 def record_made_on(manifest: Manifest, actors: list[dict[str, str]], uri: str) -> list[str]:

@@ -145,6 +145,8 @@ def _plan(loc: storage.Location, fresh: mf.Manifest, overwrite: bool) -> tuple[m
         if not overwrite:
             raise
         existing, damaged = None, True
+    if existing is not None and not overwrite:
+        mf.follow_unmarked(existing, fresh)
     if existing is None:
         # Without a manifest, README.md or data/ are someone else's (synthgen writes its manifest first); with
         # a damaged one that --overwrite replaces, synthgen's names are taken as its own.

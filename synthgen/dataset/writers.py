@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from synthgen import storage
 from synthgen.dataset.format import (
     PARQUET_COMPRESSION,
+    RAW_DTYPES,
     UNLABELED_NAME,
     Layout,
     hf_features,
@@ -76,7 +77,7 @@ class ShardWriter:
 
         Args:
             indices, seeds, labels: (B,) columns of the rows.
-            images: B PNG byte strings, or (B, H, W, C) uint8 pixels for ``encoding="raw"``.
+            images: B PNG byte strings, or (B, H, W, C) uint8 (uint16) pixels for ``encoding="raw"``.
         """
         assert indices[0] == self.next_index and indices[-1] == self.next_index + len(indices) - 1
         self.next_index += len(indices)
@@ -92,7 +93,8 @@ class ShardWriter:
 
     def _parquet_rows(self, indices, seeds, labels, images) -> pa.RecordBatch:
         if self.layout.encoding == "raw":
-            pixels = np.ascontiguousarray(images, dtype=np.uint8)  # (B, H, W, C); the buffer keeps it alive
+            dtype = RAW_DTYPES[self.layout.bit_depth]  # uint16 little-endian, whatever the host
+            pixels = np.ascontiguousarray(images, dtype=dtype)  # (B, H, W, C); the buffer keeps it alive
             assert pixels.shape[1:] == tuple(self.layout.image_shape), (pixels.shape, self.layout.image_shape)
             image = pa.FixedSizeBinaryArray.from_buffers(image_type(self.layout), len(pixels),
                                                          [None, pa.py_buffer(pixels)])

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
-from synthgen.imaging import image_grid
+from synthgen.imaging import image_grid, to_8bit
 from synthgen.readers import ImageSet
 
 PAD = 6
@@ -29,8 +29,8 @@ def _scale(h: int) -> int:
 
 
 def _tile(images: np.ndarray, ncol: int, scale: int) -> Image.Image:
-    """uint8 (N, H, W, C) -> one RGB grid image, upscaled with nearest-neighbour."""
-    grid = image_grid(images, ncol=ncol)  # (rows*(H+2)+2, ncol*(W+2)+2, C)
+    """uint8 or uint16 (N, H, W, C) -> one 8-bit RGB grid image, upscaled with nearest-neighbour."""
+    grid = image_grid(to_8bit(images), ncol=ncol)  # (rows*(H+2)+2, ncol*(W+2)+2, C)
     img = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).convert("RGB")
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 

@@ -36,7 +36,7 @@ from synthgen.generate.sampling import (
     make_deterministic,
     pass_bounds,
 )
-from synthgen.imaging import encode_pngs, png_settings
+from synthgen.imaging import PNG_MARKING, encode_pngs, marking_chunks, png_settings
 
 # Default rows per forward pass for a 28x28 image; larger images get proportionally fewer rows (never under
 # MIN_BATCH). On CPU a batch's buffers must stay under the actor's fixed mmap threshold (config.allocator_env), or
@@ -68,7 +68,10 @@ class ShardGenerator:
             raise SynthgenError(f"{config.model}: the model changed since the job started "
                                 f"(fingerprint {ckpt.fingerprint[:12]}, job has {config.fingerprint[:12]})")
         self.model = prepare_model(ckpt.model)
-        self.recipe = ImageRecipe(self.model, config.precision, ckpt.config.latent_dim)
+        self.recipe = ImageRecipe(self.model, config.precision, ckpt.config.latent_dim, ckpt.config.bit_depth)
+        if ckpt.config.bit_depth != config.layout.bit_depth:
+            raise SynthgenError(f"{config.model}: a {ckpt.config.bit_depth}-bit model, but the dataset holds "
+                                f"{config.layout.bit_depth}-bit images")
         # the stages a lane runs; a simulated device (generate/simulated_device.py) swaps in a stand-in forward
         self.host_stage, self.device_stage = self.recipe.host_stage, self.recipe.device_stage
         self.batch_size = config.batch_size or default_batch_size(self.device, ckpt.config.image_shape)
@@ -124,8 +127,15 @@ class ShardGenerator:
             images = copying.result()  # (B, H, W, C): the copy back, waited for outside the slot
         except NonFiniteOutput as err:
             raise SynthgenError(str(NonFiniteOutput(int(indices[err.image]), err.precision))) from None
-        encoded = images if self.config.layout.encoding == "raw" else encode_pngs(images, self.png_settings)
-        return indices, seeds, labels, encoded
+        return indices, seeds, labels, self._encode(images, indices)
+
+    def _encode(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray | list[bytes]:
+        """Raw pixels as they are; PNGs with the synthetic marking (image index and model) when the dataset has it."""
+        layout = self.config.layout
+        if layout.encoding == "raw":
+            return images
+        marks = marking_chunks(self.config.fingerprint, indices) if layout.png_marking == PNG_MARKING else None
+        return encode_pngs(images, self.png_settings, marks)
 
     def _lane_resources(self) -> Lane:
         """This lane thread's stream and pinned buffers, made on its first batch."""

@@ -1,4 +1,5 @@
-"""The recipe for image i: per-image seeds -> noise -> generator -> uint8 pixels. Arrays in, arrays out; no files.
+"""The recipe for image i: per-image seeds -> noise -> generator -> uint8 (or, for a 16-bit model, uint16) pixels.
+Arrays in, arrays out; no files.
 
 :class:`ImageRecipe` is that recipe, cut into the stages a GPU actor pipelines: the host stage (noise and
 labels, numpy, and their copy to the device started), the device stage (forward and uint8 conversion, copy
@@ -87,7 +88,7 @@ class PendingImages:
         self.pixels, self.finite, self.precision, self.copied = pixels, finite, precision, copied
 
     def result(self) -> np.ndarray:
-        """(count, H, W, C) uint8, owned by the caller; raises :class:`NonFiniteOutput` for a bad row."""
+        """(count, H, W, C) uint8 (uint16 for a 16-bit model), owned by the caller; raises :class:`NonFiniteOutput` for a bad row."""
         if self.copied is not None:
             self.copied.synchronize()
         finite = self.finite.numpy()  # (count,) bool
@@ -104,12 +105,16 @@ class ImageRecipe:
         model: a generator in eval mode on its device, ``model(z, labels) -> (B, C, H, W)`` in [-1, 1].
         precision: "fp32", "bf16" or "fp16" (autocast).
         latent_dim: the model's latent size; read from ``model.config`` when omitted.
+        bit_depth: the checkpoint's (``CheckpointConfig.bit_depth``): 8 -> uint8 pixels, 16 -> uint16.
     """
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", latent_dim: int | None = None):
+    def __init__(self, model: nn.Module, precision: str = "fp32", latent_dim: int | None = None,
+                 bit_depth: int = 8):
         if precision not in AUTOCAST_DTYPES:
             raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
-        self.model, self.precision = model, precision
+        if bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        self.model, self.precision, self.bit_depth = model, precision, bit_depth
         self.latent_dim = latent_dim if latent_dim is not None else latent_dim_of(model)
         self.device = next(model.parameters()).device
 
@@ -131,7 +136,7 @@ class ImageRecipe:
             with _autocast(self.device, self.precision):
                 out = self.model(batch.z, batch.y)[: batch.count]  # (count, C, H, W); after the copy in
             finite = finite_rows(out)  # (count,)
-            pixels = to_uint8_tensor(out)  # (count, H, W, C)
+            pixels = to_pixels_tensor(out, self.bit_depth)  # (count, H, W, C) uint8 or uint16
             if lane.stream is None:
                 return PendingImages(pixels, finite, self.precision)
             forward_done = torch.cuda.Event()
@@ -144,7 +149,7 @@ class ImageRecipe:
         return PendingImages(host_pixels, host_finite, self.precision, copied)
 
     def run(self, seeds: np.ndarray, labels: np.ndarray | None, lane: Lane) -> np.ndarray:
-        """One pass, stage after stage: (count,) seeds -> (count, H, W, C) uint8."""
+        """One pass, stage after stage: (count,) seeds -> (count, H, W, C) uint8 or uint16."""
         return self.device_stage(self.host_stage(seeds, labels, lane), lane).result()
 
 
@@ -156,6 +161,7 @@ def generate(
     batch_size: int = 256,
     precision: str = "fp32",
     latent_dim: int | None = None,
+    bit_depth: int = 8,
 ) -> np.ndarray:
     """Generate one image per seed, in passes of at most ``batch_size`` rows (:class:`ImageRecipe`).
 
@@ -167,14 +173,15 @@ def generate(
             under MIN_BATCH rows is padded to MIN_BATCH.
         precision: "fp32", "bf16" or "fp16" (autocast).
         latent_dim: the model's latent size; read from ``model.config`` when omitted.
+        bit_depth: 8 (uint8 pixels) or 16 (uint16), as the checkpoint's config says.
 
     Returns:
-        (N, H, W, C) uint8 images.
+        (N, H, W, C) uint8 images (uint16 for bit_depth 16).
 
     Raises:
         NonFiniteOutput: the model gave inf or NaN for an image.
     """
-    recipe = ImageRecipe(model, precision, latent_dim)
+    recipe = ImageRecipe(model, precision, latent_dim, bit_depth)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
@@ -221,6 +228,17 @@ def to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) floats in [-1, 1] -> (B, H, W, C) uint8 on the same device, rounding half away from zero."""
     x = images.float().clamp(-1, 1)  # a new tensor, so the steps below may work in place
     x = x.add_(1).mul_(127.5).round_().to(torch.uint8)  # (B, C, H, W)
+    return x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+
+
+def to_pixels_tensor(images: torch.Tensor, bit_depth: int = 8) -> torch.Tensor:
+    """(B, C, H, W) floats in [-1, 1] -> (B, H, W, C) pixels of ``bit_depth`` on the same device: uint8 as
+    :func:`to_uint8_tensor`, or uint16 = round((x + 1) * 65535 / 2) (checkpoint.INTENSITY_MAPPING)."""
+    if bit_depth == 8:
+        return to_uint8_tensor(images)
+    x = images.float().clamp(-1, 1)  # a new tensor, so the steps below may work in place
+    # float32 holds (x + 1) * 32767.5 to within 0.004 of a level: the rounding is the only loss
+    x = x.add_(1).mul_(32767.5).round_().to(torch.int32).to(torch.uint16)  # (B, C, H, W)
     return x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
 
 

@@ -16,7 +16,13 @@ from synthgen.errors import SynthgenError
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, image_seeds, shard_of
 from synthgen.generate.sampling import NonFiniteOutput, generate, make_deterministic
-from synthgen.imaging import decode_png, encode_png, png_settings
+from synthgen.imaging import (
+    PNG_MARKING,
+    decode_png,
+    encode_png,
+    marking_chunks,
+    png_settings,
+)
 
 
 @dataclass
@@ -25,8 +31,8 @@ class ShowResult:
     seed: int
     label: int
     class_name: str
-    image: np.ndarray  # regenerated, (H, W, C) uint8
-    stored: np.ndarray  # as stored, (H, W, C) uint8
+    image: np.ndarray  # regenerated, (H, W, C) uint8 (uint16 for a 16-bit model)
+    stored: np.ndarray  # as stored, (H, W, C), same dtype
     same_pixels: bool
     same_bytes: bool | None  # PNG bytes equal; None for raw encoding
     device: str = "cpu"  # the device kind it was regenerated on
@@ -64,13 +70,17 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     labels = plan.labels(np.array([index]))
     model = prepare_model(ckpt.model, manifest.identity()["inference_form"])
     try:
-        image = generate(model, seeds, labels, precision=job["precision"])[0]
+        image = generate(model, seeds, labels, precision=job["precision"], bit_depth=ckpt.config.bit_depth)[0]
     except NonFiniteOutput as err:
         raise SynthgenError(str(NonFiniteOutput(index, err.precision))) from None
     stored = _stored_image(loc, job["format"], record, index)
     names = plan.class_names
     pixels = decode_png(stored) if isinstance(stored, bytes) else stored
-    same_bytes = encode_png(image, png_settings(job["format"])) == stored if isinstance(stored, bytes) else None
+    same_bytes = None
+    if isinstance(stored, bytes):
+        mark = bytes(marking_chunks(manifest.model["fingerprint"], [index])[0]) \
+            if manifest.identity()["png_marking"] == PNG_MARKING else None
+        same_bytes = encode_png(image, png_settings(job["format"]), mark) == stored
     return ShowResult(index, int(seeds[0]), int(labels[0]), names[labels[0]] if labels[0] >= 0 else "",
                       image, pixels, bool(np.array_equal(pixels, image)), same_bytes, device, not_exact)
 

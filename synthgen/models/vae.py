@@ -19,7 +19,7 @@ class VAEConfig:
     """Architecture of a VAE; saved with the weights, so every field must be JSON-serialisable."""
 
     latent_dim: int = 32
-    image_size: int = 28
+    image_size: int | list[int] = 28  # a square's side, or [H, W] (the DCGAN's sizes)
     channels: int = 1
     num_classes: int = 0  # 0 = unconditional
     width: int = 128  # decoder's first feature-map channels; the encoder mirrors it
@@ -37,13 +37,13 @@ class VAEEncoder(nn.Module):
         super().__init__()
         dec = config.decoder_config()  # validates size and channels
         layers: list[nn.Module] = []
-        c_in, size, c_out = config.channels, config.image_size, config.width // 4
+        (height, wide), c_in, c_out = dec.hw, config.channels, config.width // 4
         for _ in range(dec.num_upsamples):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
-            c_in, size, c_out = c_out, size // 2, c_out * 2
+            c_in, height, wide, c_out = c_out, height // 2, wide // 2, c_out * 2
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.label_embed = nn.Embedding(config.num_classes, config.embed_dim) if config.num_classes else None
-        in_dim = c_in * size * size + (config.embed_dim if config.num_classes else 0)
+        in_dim = c_in * height * wide + (config.embed_dim if config.num_classes else 0)
         self.to_stats = nn.Linear(in_dim, 2 * config.latent_dim)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):

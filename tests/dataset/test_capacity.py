@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -65,7 +66,7 @@ def test_the_check_uses_the_disk_cost_of_an_image(tiny_checkpoint, tmp_path, ray
     meta = os.stat(tmp_path / "tree" / "meta" / "shard-00000.parquet").st_size / 100
     assert check.bytes_per_image == pytest.approx(blocks + meta)  # whole blocks, not the PNGs' lengths
     assert check.bytes_per_image > sum(f.stat().st_size for f in files) / len(files)
-    limit = int(check.bytes_per_image * 1000)
+    limit = math.ceil(check.bytes_per_image * 1000)  # a fractional cost per image rounds up
     monkeypatch.setattr(capacity, "free_space", lambda path: capacity.FreeSpace(limit, 10**9))
     check(1000)  # fits exactly
     with pytest.raises(capacity.SynthgenError, match="the 1,001 images still to make need about"):

@@ -21,8 +21,18 @@ from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoin
 from synthgen.dataset import manifest as mf
 from synthgen.dataset.capacity import SpaceCheck
 from synthgen.dataset.format import Layout
-from synthgen.dataset.output import finish_output, output_lock, plan_output, write_output
-from synthgen.generate.config import RunConfig, RunSummary, WorkerConfig, check_run_settings
+from synthgen.dataset.output import (
+    finish_output,
+    output_lock,
+    plan_output,
+    write_output,
+)
+from synthgen.generate.config import (
+    RunConfig,
+    RunSummary,
+    WorkerConfig,
+    check_run_settings,
+)
 from synthgen.generate.engine.pool import ActorPool
 from synthgen.generate.engine.session import ray_session
 from synthgen.generate.plan import parse_label_plan, plan_shards
@@ -37,11 +47,12 @@ def run(config: RunConfig) -> RunSummary:
         What was written, and how fast.
     """
     t0 = time.perf_counter()
-    fresh, layout, model_source = _plan_job(config)
+    fresh, model_source = _plan_job(config)
     loc = storage.locate(config.out)
     summary = RunSummary(config.out, config.count, 0, 0, 0.0)
     with output_lock(loc):
         manifest, replace = plan_output(loc, fresh, config.overwrite)  # refusals first: nothing written yet
+        layout = dataset_layout(manifest)  # of the dataset it continues (a 0.6.0 one: unmarked PNGs)
         if len(manifest.shards) == manifest.num_shards:
             write_output(loc, manifest, replace)
         else:
@@ -63,15 +74,21 @@ def run(config: RunConfig) -> RunSummary:
     return summary
 
 
-def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
+def _plan_job(config: RunConfig) -> tuple[mf.Manifest, str]:
     check_run_settings(config)
     ckpt, fingerprint = inspect_checkpoint(config.model)  # the actors build the model; the driver needs no torch
     source = model_reference(config.model)
     fresh = mf.new_manifest(config, ckpt, fingerprint, source, parse_label_plan(config.labels, ckpt.class_names))
-    c, h, w = ckpt.image_shape
-    layout = Layout(config.format, tuple(ckpt.class_names), encoding=config.encoding,
-                    image_shape=(h, w, c), file_metadata=fresh.file_stamp())
-    return fresh, layout, source
+    return fresh, source
+
+
+def dataset_layout(manifest: mf.Manifest) -> Layout:
+    """What every shard of the dataset ``manifest`` describes shares: format, classes, encoding, shape, depth,
+    marking and the identity stamped into each Parquet file."""
+    c, h, w = manifest.model["image_shape"]
+    return Layout(manifest.job["format"], tuple(manifest.model["class_names"]), encoding=manifest.job["encoding"],
+                  image_shape=(h, w, c), bit_depth=mf.bit_depth(manifest),
+                  png_marking=manifest.job.get("png_marking"), file_metadata=manifest.file_stamp())
 
 
 def model_reference(model: str | None) -> str:
