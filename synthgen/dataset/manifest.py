@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from synthgen import __version__, storage
+from synthgen.dataset.files import encoder_name
 from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
 from synthgen.errors import SynthgenError
 from synthgen.generate import plan
@@ -27,10 +28,12 @@ FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
-                   "png_encoder", "parquet_compression", "raw_layout")
+                   "png_encoder", "parquet_compression", "raw_layout", "file_encoder", "spacing")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
-BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy"}
+# file_encoder and spacing (synthgen 0.7, --format dicom/nifti) are None for every earlier format.
+BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy",
+                   "file_encoder": None, "spacing": None}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
 # and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
 MADE_ON = "made_on"
@@ -76,7 +79,9 @@ class Manifest:
         """What every Parquet file of the dataset carries: only what decides the bytes (no paths, which differ
         between machines, and nothing recorded after the run started)."""
         model = {k: self.model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}
-        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS}, "model": model}
+        # fields a format does not record (file_encoder, spacing outside DICOM/NIfTI) stay out, so Parquet and
+        # PNG files keep the bytes earlier versions gave them
+        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS if k in self.job}, "model": model}
 
     def rows_done(self) -> int:
         return sum(r.rows for r in self.shards.values())
@@ -125,15 +130,31 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
         source: how the manifest names the model (engine.model_reference).
         labels: the parsed label plan.
     """
-    png = config.encoding == "png"
+    png = config.encoding == "png" and config.format in ("parquet", "png")
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
            "encoding": config.encoding, "precision": config.precision, "inference_form": plan.INFERENCE_FORM,
            "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
-           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": None if png else RAW_LAYOUT}
+           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None}
+    if config.format in ("dicom", "nifti"):  # the format is the encoding: no PNG inside
+        job.update(encoding=config.format, file_encoder=encoder_name(config.format),
+                   spacing=output_spacing(config, checkpoint))
     model = {"source": source, "fingerprint": fingerprint, "arch": checkpoint.arch,
              "image_shape": checkpoint.image_shape, "latent_dim": checkpoint.latent_dim,
              "class_names": checkpoint.class_names, "training": checkpoint.training}
     return Manifest(job, model)
+
+
+def output_spacing(config: RunConfig, checkpoint: CheckpointConfig) -> list[float] | None:
+    """[row, column] pixel spacing in mm that a NIfTI or DICOM dataset records: ``--spacing`` (NIfTI only),
+    else the training data's (the checkpoint's ``training.pixel_spacing``), else None (unknown)."""
+    if config.format not in ("dicom", "nifti"):
+        return None
+    if config.spacing is not None:
+        from synthgen.generate.config import parse_spacing
+
+        return parse_spacing(config.spacing)
+    known = checkpoint.training.get("pixel_spacing")
+    return [float(s) for s in known] if known else None
 
 
 def record_made_on(manifest: Manifest, actors: list[dict[str, str]], uri: str) -> list[str]:

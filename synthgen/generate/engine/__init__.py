@@ -69,7 +69,7 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, Layout, str]:
     source = model_reference(config.model)
     fresh = mf.new_manifest(config, ckpt, fingerprint, source, parse_label_plan(config.labels, ckpt.class_names))
     c, h, w = ckpt.image_shape
-    layout = Layout(config.format, tuple(ckpt.class_names), encoding=config.encoding,
+    layout = Layout(config.format, tuple(ckpt.class_names), encoding=fresh.job["encoding"],
                     image_shape=(h, w, c), file_metadata=fresh.file_stamp())
     return fresh, layout, source
 
