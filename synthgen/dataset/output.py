@@ -15,12 +15,13 @@ import pyarrow.fs as pafs
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
+from synthgen.dataset.card import EVAL_FILE, write_card
 from synthgen.dataset.format import FILE_FORMATS, is_written_file
 from synthgen.dataset.verify import check_shard, folder_files
 from synthgen.dataset.writers import write_png_metadata
 from synthgen.errors import SynthgenError
 
-OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
+OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta", EVAL_FILE)
 LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
 
 
@@ -131,7 +132,7 @@ def finish_output(loc: storage.Location, manifest: mf.Manifest) -> None:
         write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)],
                            tuple(manifest.model.get("class_names") or ()), manifest.job["format"])
     manifest.status = "complete"
-    mf.write_card(loc, manifest)
+    write_card(loc, manifest)
     mf.save(loc, manifest)
     # an actor killed mid-shard during this run left its temporary; no actor writes once every shard is in
     _remove_stale_temporaries(loc)
