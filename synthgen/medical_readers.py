@@ -133,11 +133,12 @@ def nifti_images(data: bytes, source: str) -> tuple[list[np.ndarray], list[float
 
     try:
         img = nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
-        slope, intercept = img.header.get_slope_inter()
+        # nibabel moves scl_slope / scl_inter from the header into the array proxy as it loads
+        slope, intercept = float(img.dataobj.slope), float(img.dataobj.inter)
         voxels = np.asanyarray(img.dataobj.get_unscaled())
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
         raise SynthgenError(f"{source}: not a readable NIfTI-1 file ({err})") from None
-    if (slope, intercept) not in ((None, None), (1.0, 0.0)):
+    if (slope, intercept) != (1.0, 0.0):
         raise SynthgenError(f"{source}: scl_slope {slope} / scl_inter {intercept} map stored values to other units, "
                             "which 8/16-bit images cannot keep exactly; rescale it first")
     if voxels.dtype not in (np.uint8, np.uint16):

@@ -149,8 +149,9 @@ def _evaluation(loc: storage.Location, manifest: mf.Manifest) -> str:
                 "--synthetic DIR` measures fidelity, usefulness for a downstream classifier and memorization (the "
                 "nearest real training image of each synthetic one), and adds the results here.")
     mem = summary["memorization"]
-    lines = [f"`synthgen eval` against `{summary['real']}` (seed {summary['seed']}, {summary['images_used']} "
-             "synthetic images):", ""]
+    head = (f"`synthgen eval` against `{summary['real']}` (seed {summary['seed']}, {summary['images_used']} "
+            "synthetic images):")
+    lines = [head, ""]
     lines += [f"- {name} features: FID {s['fid']:.2f} (real test split {s['baseline_fid']:.2f})"
               + (f", precision {s['precision']:.2f} / recall {s['recall']:.2f}" if "precision" in s else "")
               for name, s in summary["feature_spaces"].items()]
@@ -158,10 +159,12 @@ def _evaluation(loc: storage.Location, manifest: mf.Manifest) -> str:
         lines.append(f"- downstream classifier trained on {name}: test AUC {arm['auc']:.3f} "
                      f"[{arm['low']:.3f}, {arm['high']:.3f}]")
     lines += [f"- {name}: {text}" for name, text in summary.get("verdicts", {}).items()]
-    lines += ["", f"**Memorization**: {mem['near_copies']} of {summary['images_used']} synthetic images "
-              f"({mem['fraction']:.1%}) are near-copies of a training image (nearest/second-nearest distance "
-              f"ratio under {mem['copy_ratio']} in pixel or classifier-feature space); the real test split has "
-              f"{mem['baseline_pixel']:.1%} (pixel) and {mem['baseline_feature']:.1%} (feature) by the same test."]
+    memorization = (f"**Memorization**: {mem['near_copies']} of {summary['images_used']} synthetic images "
+                    f"({mem['fraction']:.1%}) are near-copies of a training image (nearest/second-nearest distance "
+                    f"ratio under {mem['copy_ratio']} in pixel or classifier-feature space); the real test split has "
+                    f"{mem['baseline_pixel']:.1%} (pixel) and {mem['baseline_feature']:.1%} (feature) by the same "
+                    "test.")
+    lines += ["", memorization]
     return "## Evaluation and memorization\n\n" + "\n".join(lines)
 
 

@@ -54,7 +54,7 @@ def shard_file(layout: Layout, shard_id: int) -> str:
 
 
 def image_file(layout: Layout, index: int, label: int) -> str:
-    return f"images/{layout.class_dir(label)}/{index:09d}{FILE_SUFFIX[layout.format]}"
+    return f"images/{layout.class_dir(label)}/{index:09d}{FILE_SUFFIX.get(layout.format, '.png')}"
 
 
 FOLDERS = ("data", "meta", "images")  # where shard_file and image_file put files; the root holds only our own

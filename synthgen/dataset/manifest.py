@@ -31,7 +31,9 @@ IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precisi
                    "png_encoder", "parquet_compression", "raw_layout", "file_encoder", "spacing")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
-# file_encoder and spacing (synthgen 0.7, --format dicom/nifti) are None for every earlier format.
+# Recorded by --format dicom and nifti only (synthgen 0.7); None for the other formats, whose manifests and
+# Parquet files leave them out, so their bytes stay what earlier versions wrote.
+MEDICAL_FIELDS = ("file_encoder", "spacing")
 BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy",
                    "file_encoder": None, "spacing": None}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity

@@ -12,8 +12,8 @@ that draws RAS +y upward shows row 0 at the top. Spacing in mm comes from the jo
 training data's); without one, pixdim is 1 and the units are "unknown". ``descrip`` marks the file
 synthetic (synthgen, model fingerprint, index, label) and ``aux_file`` holds IPTC's digital source type.
 
-Bytes: nibabel's header and data, gzip-compressed with mtime 0 and no file name, so a re-run writes the same
-bytes (given the zlib build, which the manifest's file encoder records).
+Bytes: nibabel's header and data, gzip-compressed with mtime 0, no file name and OS "unknown", so a re-run
+writes the same bytes (given the zlib build, which the manifest's file encoder records).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class NiftiEncoder:
         descrip = f"SYNTHETIC synthgen {self.fingerprint[:16]} index {index} label {label}"[:79].encode()
         voxels = np.ascontiguousarray(image.transpose(2, 0, 1), image.dtype.newbyteorder("<"))  # (C, H, W)
         data = head[:_DESCRIP] + descrip.ljust(80, b"\0") + head[_DESCRIP + 80:] + voxels.tobytes()
-        return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        packed = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        return packed[:9] + b"\xff" + packed[10:]  # OS "unknown": zlib writes its build's OS, 3 on Unix
 
     def _header(self, shape: tuple, dtype: np.dtype) -> bytes:
         key = (tuple(shape), np.dtype(dtype).str)

@@ -133,8 +133,7 @@ def check_run_settings(config: RunConfig) -> None:
     if config.format not in FORMATS:
         raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
     if config.encoding not in ENCODINGS or (config.format != "parquet" and config.encoding != "png"):
-        raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet; dicom and nifti "
-                            f"have their own), "
+        raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "
                             f"got {config.encoding!r} with --format {config.format}")
     if config.spacing is not None:
         if config.format != "nifti":
