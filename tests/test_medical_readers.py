@@ -149,3 +149,14 @@ def test_train_refuses_signed_dicom_in_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "s.dcm: signed pixel data" in lines[0]
     assert not (tmp_path / "m").exists()  # nothing half-written
+
+
+def test_real_image_dataset_reads_a_dicom_folder(tmp_path):
+    from synthgen.data import RealImageDataset
+
+    (tmp_path / "a").mkdir()
+    image = np.arange(30, dtype=np.uint8).reshape(6, 5, 1) * 8
+    (tmp_path / "a" / "x.dcm").write_bytes(dicom_bytes(image))
+    dataset = RealImageDataset(str(tmp_path))
+    x, y = dataset[0]
+    assert y == 0 and tuple(x.shape) == (1, 6, 5) and float(x.max()) == pytest.approx(232 / 255)

@@ -2,7 +2,7 @@
 
 highdicom builds the object (and checks it: photometric interpretation against the pixels, bit depth, the
 SC modules' required attributes) once per image kind; each image then gets its own UIDs, numbers, marking and
-pixels on a copy of that template, and pydicom writes it as Explicit VR Little Endian. Nothing comes from the
+pixels, written between the template's elements (Explicit VR Little Endian) as pydicom writes them. Nothing comes from the
 clock or the host: highdicom's creation dates are removed, and the file meta names synthgen (not the library
 version), so a re-run writes the same bytes. Attributes and the reasons for each: docs/design.md.
 
@@ -15,7 +15,8 @@ version), so a re-run writes the same bytes. Attributes and the reasons for each
   BurnedInAnnotation NO, RecognizableVisualFeatures NO, a SeriesDescription, ImageComments and
   DerivationDescription naming synthgen, the model fingerprint and the index.
 - Index and label: InstanceNumber = index + 1, and synthgen's private block (group 0009, creator
-  ``SYNTHGEN 1``): index, label, class name, seed-free model fingerprint.
+  ``SYNTHGEN 1``): (0009,1001) index, (0009,1002) label, (0009,1003) class name, (0009,1004) model fingerprint.
+- Pixel spacing: PixelSpacing from the job's ``spacing`` (the training data's, from the checkpoint) when known.
 """
 
 from __future__ import annotations
