@@ -57,7 +57,8 @@ LOADERS = {
               'from monai.transforms import LoadImage; LoadImage(image_only=True)("DIR/images/<class>/000000000.dcm")\n'
               'from synthgen.data import SyntheticImageDataset; ds = SyntheticImageDataset("DIR")  # (image, label)'),
     "nifti": ('import nibabel; nibabel.load("DIR/images/<class>/000000000.nii.gz").get_fdata()  # (W, H)\n'
-              'from monai.transforms import LoadImage; LoadImage(image_only=True)("DIR/images/<class>/000000000.nii.gz")\n'
+              'from monai.transforms import LoadImage  # (W, H), the spacing in its meta\n'
+              'LoadImage(image_only=True)("DIR/images/<class>/000000000.nii.gz")\n'
               'from synthgen.data import SyntheticImageDataset; ds = SyntheticImageDataset("DIR")  # (image, label)'),
 }
 FILES = {"parquet": "data/shard-*.parquet", "png": "images/<class>/<index>.png + metadata.parquet",

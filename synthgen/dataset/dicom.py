@@ -2,9 +2,9 @@
 
 highdicom builds the object (and checks it: photometric interpretation against the pixels, bit depth, the
 SC modules' required attributes) once per image kind; each image then gets its own UIDs, numbers, marking and
-pixels, written between the template's elements (Explicit VR Little Endian) as pydicom writes them. Nothing comes from the
-clock or the host: highdicom's creation dates are removed, and the file meta names synthgen (not the library
-version), so a re-run writes the same bytes. Attributes and the reasons for each: docs/design.md.
+pixels, written between the template's elements (Explicit VR Little Endian) as pydicom writes them. Nothing
+comes from the clock or the host: highdicom's creation dates are removed, and the file meta names synthgen
+(not the library version), so a re-run writes the same bytes. Attributes and the reasons: docs/design.md.
 
 - UIDs: ``2.25.<decimal UUID>`` (ISO/IEC 9834-8, no registered root needed), each a name-based UUID (SHA-1,
   RFC 4122 v5) of the dataset key (sha256 of the identity every file carries), a role and the numbers it

@@ -13,7 +13,12 @@ import pyarrow.parquet as pq
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
-from synthgen.dataset.format import FILE_FORMATS, FOLDERS, digest_column, is_written_file
+from synthgen.dataset.format import (
+    FILE_FORMATS,
+    FOLDERS,
+    digest_column,
+    is_written_file,
+)
 from synthgen.errors import SynthgenError
 from synthgen.generate.plan import shard_spec
 

@@ -9,7 +9,12 @@ import shutil
 import pytest
 
 from synthgen import storage
-from synthgen.checkpoint import bundled_root, data_terms, inspect_checkpoint, read_config
+from synthgen.checkpoint import (
+    bundled_root,
+    data_terms,
+    inspect_checkpoint,
+    read_config,
+)
 from synthgen.dataset import card
 from synthgen.dataset import manifest as mf
 from synthgen.generate.config import RunConfig
@@ -68,7 +73,7 @@ def test_terms_in_config_json_win_and_odd_licenses_are_other_in_the_front_matter
 
 
 def test_eval_leaves_a_summary_the_card_quotes_for_this_dataset_only(tmp_path, tiny_checkpoint):
-    manifest = complete(tiny_checkpoint, tmp_path)
+    complete(tiny_checkpoint, tmp_path)
     assert card.record_eval(str(tmp_path), report()) is None
     text = (tmp_path / "README.md").read_text()
     assert "FID 14.61 (real test split 1.60)" in text and "test AUC 0.891 [0.850, 0.930]" in text

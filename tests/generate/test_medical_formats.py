@@ -102,7 +102,8 @@ def test_dicom_files_carry_the_training_spacing_and_one_series_per_shard_and_cla
     for row in meta:
         ds = pydicom.dcmread(Path(config.out, row["file_name"]))
         assert [float(s) for s in ds.PixelSpacing] == [0.5, 0.5]
-        assert ds.InstanceNumber == row["index"] + 1 and ds.private_block(0x0009, "SYNTHGEN 1")[0x02].value == row["label"]
+        assert ds.InstanceNumber == row["index"] + 1
+        assert ds.private_block(0x0009, "SYNTHGEN 1")[0x02].value == row["label"]
         series.setdefault(ds.SeriesInstanceUID, set()).add((row["index"] // 100, row["label"]))
     assert all(len(keys) == 1 for keys in series.values()) and len(series) == 6  # 3 shards x 2 classes
 
