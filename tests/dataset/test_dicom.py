@@ -111,3 +111,32 @@ def test_dciodvfy_finds_no_error_but_the_attribute_newer_than_it(tmp_path, dtype
     # SyntheticData (0008,001C) entered the standard after the dicom3tools release Debian ships (2022)
     assert all(re.search(r"0x0008,0x001c", line) for line in errors), out
     assert "SCImage" in out
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "nifti"])
+def test_a_shard_of_16_bit_images_commits_verifies_and_reads_back(tmp_path, fmt):
+    from synthgen import storage
+    from synthgen.dataset.files import decode_file, file_encoder
+    from synthgen.dataset.verify import check_shard
+    from synthgen.dataset.writers import ShardWriter
+    from synthgen.generate.plan import ShardSpec
+
+    layout = Layout(fmt, CLASSES, image_shape=(12, 10, 1), file_metadata=STAMP)
+    loc, spec = storage.locate(str(tmp_path)), ShardSpec(1, 100, 150)
+    batch = images(np.uint16, (50, 12, 10, 1))  # (B, H, W, C), values up to 65535
+    indices, labels = spec.indices(), np.arange(50) % 2
+    writer = ShardWriter(loc, layout, spec)
+    encode = file_encoder(layout)
+    for start in (0, 17, 33):  # any batching
+        stop = {0: 17, 17: 33, 33: 50}[start]
+        writer.add(indices[start:stop], indices[start:stop].astype(np.uint64), labels[start:stop],
+                   encode(indices[start:stop], labels[start:stop], batch[start:stop]))
+    record = writer.commit()
+    assert record.rows == 50 and record.class_counts == {"malignant": 25, "normal": 25}
+    assert check_shard(loc, record, fmt) == []
+    suffix = ".dcm" if fmt == "dicom" else ".nii.gz"
+    stored = tmp_path / "images" / "normal" / f"{101:09d}{suffix}"
+    assert np.array_equal(decode_file(fmt, stored.read_bytes()), batch[1])
+    stored.write_bytes(stored.read_bytes()[:-2])  # damaged: the deep check names it
+    damaged = f"images/normal/{101:09d}{suffix}: sha256 differs from its shard's metadata"
+    assert check_shard(loc, record, fmt) == [damaged]
