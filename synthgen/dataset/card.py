@@ -29,10 +29,9 @@ the data it learned from, and a model trained on them must be validated on real 
 synthetic (see "Synthetic marking"); keep the marking when you copy or convert the images."""
 
 MARKING = {
-    "parquet": "the Parquet files' `synthgen` metadata names the generator and the job; the PNG bytes carry no "
-               "marking of their own.",
-    "png": "each PNG sits under a dataset whose manifest and card name the generator; the PNG bytes carry no "
-           "marking of their own.",
+    "parquet": "the Parquet files' `synthgen` metadata names the generator (model fingerprint) and the job.",
+    "png": "`manifest.json` and `metadata.parquet` name the generator (model fingerprint), the job and each "
+           "file's index.",
     "dicom": "ImageType `DERIVED\\SECONDARY`, ConversionType `SYN` (synthetic image), SyntheticData (0008,001C) "
              "`YES`, BurnedInAnnotation `NO`, RecognizableVisualFeatures `NO`, a SeriesDescription starting "
              "`SYNTHETIC`, ImageComments and DerivationDescription naming synthgen, the model fingerprint and the "
