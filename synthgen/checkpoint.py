@@ -51,6 +51,13 @@ def pixel_format(bit_depth: int) -> dict[str, Any]:
     return {"bit_depth": bit_depth, "dtype": "uint8" if bit_depth == 8 else "uint16", "mapping": INTENSITY_MAPPING}
 
 
+# The training data's license and citation for a checkpoint whose config.json does not declare them (trained
+# before --data-license, or the bundled model, whose config.json cannot change without changing its
+# fingerprint and stranding its datasets): beside config.json, outside the fingerprint.
+DATA_TERMS_FILE = "data_terms.json"
+UNKNOWN = "unknown"
+
+
 @dataclass
 class CheckpointConfig:
     """Everything needed to rebuild and describe a generator; serialised as ``config.json``."""
@@ -196,6 +203,30 @@ def read_config(model: str | None) -> CheckpointConfig:
     """Read and validate only ``config.json`` of a checkpoint (no weights, no torch work)."""
     loc = storage.locate(resolve(model))
     return CheckpointConfig.from_json(_read(loc, CONFIG_FILE).decode("utf-8", "replace"), loc.join(CONFIG_FILE))
+
+
+def data_terms(model: str | None, config: CheckpointConfig) -> dict[str, str]:
+    """The license and citation of the data ``model`` was trained on, and where they were declared.
+
+    Returns:
+        ``{"license", "citation", "declared_in"}``: from ``config.training`` (``synthgen train --data-license
+        / --data-citation``), else from ``data_terms.json`` beside the checkpoint, else "unknown" for both
+        (``declared_in`` "config.json", "data_terms.json" or "nowhere").
+    """
+    training = config.training or {}
+    if training.get("data_license") or training.get("data_citation"):
+        return {"license": training.get("data_license") or UNKNOWN,
+                "citation": training.get("data_citation") or UNKNOWN, "declared_in": CONFIG_FILE}
+    loc = storage.locate(resolve(model))
+    path = loc.join(DATA_TERMS_FILE)
+    try:
+        raw = json.loads(storage.read_bytes(loc, path)) if storage.exists(loc, path) else None
+    except (OSError, ValueError) as err:
+        raise SynthgenError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(raw, dict):
+        return {"license": UNKNOWN, "citation": UNKNOWN, "declared_in": "nowhere"}
+    return {"license": str(raw.get("license") or UNKNOWN), "citation": str(raw.get("citation") or UNKNOWN),
+            "declared_in": DATA_TERMS_FILE}
 
 
 def load_checkpoint(model: str | None = None, device: str = "cpu", allow_import: bool = False) -> Checkpoint:

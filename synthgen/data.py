@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
-from synthgen.dataset.format import raw_pixels
+from synthgen.dataset.files import decode_file
+from synthgen.dataset.format import FILE_FORMATS, FILE_SUFFIX, raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.imaging import decode_png, to_pil
 from synthgen.mixing import RealImageDataset, Transform, mix, to_tensor  # noqa: F401 (README: import from here)
@@ -42,7 +43,7 @@ class DatasetInfo:
     """Where a synthgen dataset's rows are: its layout, index Parquet files and their row groups."""
 
     uri: str
-    layout: str  # "parquet" (images inside) or "png" (file names inside, images beside)
+    layout: str  # "parquet" (images inside), or "png", "dicom", "nifti" (file names inside, images beside)
     class_names: list[str]
     image_shape: tuple[int, ...] | None  # (C, H, W) from the manifest; None without one
     parts: list[tuple[str, int, int]] = field(default_factory=list)  # (file, row group, rows), in index order
@@ -91,7 +92,7 @@ def _info_from_manifest(loc: storage.Location, manifest: mf.Manifest, allow_inco
                             f"shards, status {manifest.status!r}); re-run its synthgen run command to finish it")
     layout = manifest.job["format"]
     files = [manifest.shards[j].file for j in sorted(manifest.shards)]
-    if layout == "png" and manifest.complete and storage.exists(loc, loc.join("metadata.parquet")):
+    if layout in FILE_FORMATS and manifest.complete and storage.exists(loc, loc.join("metadata.parquet")):
         files = ["metadata.parquet"]
     shape = tuple(manifest.model.get("image_shape") or ()) or None
     parts, sizes, footers = _row_groups(loc, files, layout)
@@ -107,13 +108,20 @@ def _info_without_manifest(loc: storage.Location) -> DatasetInfo:
     if data:
         files, layout = [posixpath.relpath(f, loc.root) for f in data], "parquet"
     elif storage.exists(loc, meta):
-        files, layout = ["metadata.parquet"], "png"
+        files, layout = ["metadata.parquet"], _file_layout(loc, meta)
     else:
         raise SynthgenError(f"{loc.uri}: no {mf.MANIFEST_FILE}, data/*.parquet or metadata.parquet; "
                             "not a synthgen dataset")
     parts, sizes, footers = _row_groups(loc, files, layout)
     return DatasetInfo(loc.uri, layout, _hf_class_names(loc, files[0]), None, parts, sizes, footers,
                        bit_depth=None)
+
+
+def _file_layout(loc: storage.Location, meta: str) -> str:
+    """Which file format a metadata.parquet indexes, from its first file name (png, dicom or nifti)."""
+    with loc.fs.open_input_file(meta) as f:
+        names = pq.ParquetFile(f).read_row_group(0, columns=["file_name"]).column(0).to_pylist()[:1]
+    return next((fmt for fmt, suffix in FILE_SUFFIX.items() if names and names[0].endswith(suffix)), "png")
 
 
 def _is_shard(path: str) -> bool:
@@ -223,9 +231,14 @@ class RowGroupReader:
         out, start = {}, 0
         for part in parts:
             rows = self.info.parts[part][2]
-            out[part] = _columns(table.slice(start, rows), image_col, meta, png_rows)
+            cols = out[part] = _columns(table.slice(start, rows), image_col, meta, png_rows)
+            if self.info.layout in ("dicom", "nifti"):  # decoded here: every reader downstream gets pixels
+                cols["pixels"] = np.stack([self._decode_file(name) for name in cols["file_name"]])  # (rows, H, W, C)
             start += rows
         return out
+
+    def _decode_file(self, name: str) -> np.ndarray:
+        return decode_file(self.info.layout, storage.read_bytes(self.loc, self.loc.join(name)), name)
 
     def _open(self, rel: str) -> tuple[Any, pq.FileMetaData]:
         # one random-access handle per file, shared by threads: pyarrow's ReadAt is thread-safe
@@ -290,7 +303,7 @@ def _same_length_rows(values: pa.Array) -> np.ndarray | None:
 
 
 class SyntheticImageDataset(Dataset):
-    """Map-style dataset over a synthgen dataset (Parquet or PNG layout, local or URI).
+    """Map-style dataset over a synthgen dataset (Parquet, PNG, DICOM or NIfTI layout, local or URI).
 
     Item ``i`` is the row at position ``i`` in index order (for a complete dataset, the image with index
     ``i``): ``(float (C, H, W) tensor in [0, 1] or transform(PIL image), label)``. Reading in order is cheap;

@@ -73,7 +73,7 @@ class _GroupFetcher:
         groups = self.reader.read_parts(self.members[block], meta=("label",), png_rows=True)
         for cols in groups.values():
             cols["label"] = np.asarray(cols["label"], dtype=np.int64)
-            if "file_name" in cols:  # the PNG tree: the group's files, read here so that they are read ahead too
+            if "file_name" in cols and "pixels" not in cols:  # the PNG tree: files read here, so read ahead too
                 cols["png"] = [self.reader.png(cols, k) for k in range(len(cols["file_name"]))]
         return groups
 

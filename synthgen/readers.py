@@ -47,6 +47,7 @@ class ImageSet:
     class_names: list[str]
     sha256: str  # of the source bytes (for folders: sorted relative paths + bytes)
     source: str
+    pixel_spacing: list[float] | None = None  # [row, col] mm, when the files (DICOM, NIfTI) all say the same
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +70,8 @@ def load_images(path: str, split: str = "train") -> ImageSet:
 
     Args:
         path: a ``.npz`` (MedMNIST layout), a ``.parquet`` file, a directory of ``*.parquet`` files
-            (e.g. a synthgen dataset) or a directory with one subfolder of PNG/JPEG/TIFF images per class.
+            (e.g. a synthgen dataset), a directory with one subfolder of PNG/JPEG/TIFF, DICOM or NIfTI images per
+            class, or one NIfTI file (:mod:`synthgen.medical_readers`).
         split: which ``{split}_images`` / ``{split}_labels`` pair to read from an ``.npz``; for a Parquet
             directory, files named ``{split}-*`` are preferred when there are any.
 
@@ -92,6 +94,10 @@ def load_images(path: str, split: str = "train") -> ImageSet:
                                 _manifest_classes(loc))
         return _read_folder(loc)
     data = _read(loc, loc.root)
+    if path.lower().endswith((".nii", ".nii.gz", ".dcm", ".dicom")):  # synthgen/medical_readers.py
+        from synthgen import medical_readers
+
+        return medical_readers.read_file(loc, data)
     if data[:4] == b"PAR1":
         return _read_parquet(loc, [loc.root], first_bytes={loc.root: data})
     if data[:2] == _ZIP_MAGIC or path.endswith(".npz"):
@@ -200,6 +206,10 @@ def _manifest_classes(loc: storage.Location) -> list[str] | None:
 
 def _read_folder(loc: storage.Location, class_order: list[str] | None = None) -> ImageSet:
     files = [f for f in storage.list_files(loc, loc.root, recursive=True) if not _is_hidden(loc, f)]
+    from synthgen import medical_readers  # imports this module
+
+    if any(medical_readers.is_medical(f) for f in files):  # DICOM / NIfTI folders
+        return medical_readers.read_folder(loc, files, class_order)
     classes = sorted({_rel(loc, f).split("/")[0] for f in files if "/" in _rel(loc, f)})
     names, label_of = classes, {name: i for i, name in enumerate(classes)}
     if class_order is not None:

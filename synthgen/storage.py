@@ -104,7 +104,7 @@ def is_dir(loc: Location, path: str) -> bool:
 
 
 def read_bytes(loc: Location, path: str) -> bytes:
-    with loc.fs.open_input_stream(path) as stream:
+    with loc.fs.open_input_stream(path, compression=None) as stream:  # never un-gzip a .gz
         return stream.read()
 
 
@@ -127,7 +127,7 @@ def open_atomic(loc: Location, path: str) -> Iterator[BinaryIO]:
     if not loc.is_local:
         moved = False
         try:
-            with loc.fs.open_output_stream(tmp) as out:
+            with loc.fs.open_output_stream(tmp, compression=None) as out:  # as given, .gz too
                 yield out
             _move(loc, tmp, path)
             moved = True
@@ -149,7 +149,7 @@ def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
     if loc.is_object_store:  # one upload of bytes already in hand: the object appears whole or not at all
         _make_parent(loc, path)
-        with loc.fs.open_output_stream(path) as out:
+        with loc.fs.open_output_stream(path, compression=None) as out:
             out.write(data)
         return
     with open_atomic(loc, path) as out:

@@ -68,6 +68,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     split: str = "train"
+    data_license: str | None = None  # what the training data's terms are (e.g. CC-BY-4.0); None: not declared
+    data_citation: str | None = None  # how to cite the training data
 
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
@@ -89,6 +91,9 @@ class TrainConfig:
             raise SynthgenError("--resume and --overwrite contradict each other; pick one")
         if not 0 <= self.seed < 2**63:
             raise SynthgenError(f"--seed must be in [0, 2**63), got {self.seed}")
+        for flag, value in (("--data-license", self.data_license), ("--data-citation", self.data_citation)):
+            if value is not None and not value.strip():
+                raise SynthgenError(f"{flag} must not be empty; leave it out when the terms are unknown")
 
     def size_hw(self) -> tuple[int, int] | None:
         """--image-size as (H, W); None when not given."""
@@ -246,10 +251,26 @@ def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ..
     training = {"data": config.data, "data_sha256": data.sha256, "split": config.split,
                 "data_class_names": data.class_names, "num_images": len(data.images), "epochs": 0,
                 "seed": config.seed, "lr": config.setting("lr"), "batch_size": config.batch_size,
-                "arch": config.arch}
+                "arch": config.arch, **_declared(config, data, shape)}
     return ckpt.CheckpointConfig(arch=config.arch, model_config=config_to_dict(arch_config),
                                  image_shape=[channels, height, width], latent_dim=common["latent_dim"],
                                  class_names=class_names, training=training, pixels=ckpt.pixel_format(data.bit_depth))
+
+
+def _declared(config: TrainConfig, data: ImageSet, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What the checkpoint records only when known, so a checkpoint trained without it keeps the fingerprint
+    it had before synthgen recorded these: the data's license and citation (``--data-license``,
+    ``--data-citation``; the dataset card reads them) and its pixel spacing at the training size."""
+    out: dict[str, Any] = {}
+    if config.data_license is not None:
+        out["data_license"] = config.data_license.strip()
+    if config.data_citation is not None:
+        out["data_citation"] = config.data_citation.strip()
+    if data.pixel_spacing:  # resizing to the training size scales it: [row mm * H / H', col mm * W / W']
+        _, h, w, _ = data.images.shape
+        row, col = data.pixel_spacing
+        out["pixel_spacing"] = [round(row * h / int(shape[1]), 6), round(col * w / int(shape[2]), 6)]
+    return out
 
 
 def _check_width(arch_config: DCGANConfig | VAEConfig) -> None:

@@ -16,10 +16,14 @@ def run(
     out: Annotated[str, typer.Option(help="Dataset directory or URI (s3://bucket/prefix, ...).")] = "synthetic",
     model: Annotated[Optional[str], typer.Option(help="Checkpoint directory, URI or bundled model name; "
                                                       "default: the bundled breastmnist-dcgan.")] = None,
-    format: Annotated[str, typer.Option("--format", help="parquet (HF image column) or png (ImageFolder tree)."
-                                        )] = "parquet",
+    format: Annotated[str, typer.Option("--format", help="parquet (HF image column), png (ImageFolder tree), "
+                                        "dicom (one Secondary Capture file per image) or nifti (one 2D .nii.gz "
+                                        "per image).")] = "parquet",
     encoding: Annotated[str, typer.Option(help="png (HF Image column) or raw (uint8 tensors, Parquet only).")
                         ] = "png",
+    spacing: Annotated[Optional[str], typer.Option(help="--format nifti: pixel spacing in mm, 0.5 or ROWxCOL "
+                                                        "(default: the training data's, when it had one).")
+                       ] = None,
     shard_size: Annotated[int, typer.Option(help="Images per shard (unit of work, file and resume).")] = 10_000,
     seed: Annotated[int, typer.Option(help="Base seed; image i depends only on (model, seed, i, labels).")] = 0,
     labels: Annotated[Optional[str], typer.Option(
@@ -49,11 +53,11 @@ def run(
                                                          "architecture (runs its code).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Generate COUNT images into a Parquet or PNG dataset; re-running the same command resumes it."""
+    """Generate COUNT images into a Parquet, PNG, DICOM or NIfTI dataset; re-running the same command resumes it."""
     from synthgen.generate.config import RunConfig
     from synthgen.generate.engine import run as run_job
 
-    config = RunConfig(count=count, out=out, model=model, format=format, encoding=encoding,
+    config = RunConfig(count=count, out=out, model=model, format=format, encoding=encoding, spacing=spacing,
                        shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size,
                        precision=precision, gpus=gpus, workers=workers,
                        actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
@@ -115,9 +119,9 @@ def show(
     with user_errors():
         result = regenerate(path, index, model)
     label = f"label {result.label} ({result.class_name})" if result.label >= 0 else "unconditional"
-    verdict = ("identical PNG bytes" if result.same_bytes else
+    verdict = (f"identical {result.file_kind} bytes" if result.same_bytes else
                "identical pixels" if result.same_pixels and result.same_bytes is None else
-               "same pixels, different PNG bytes (another encoder build?)" if result.same_pixels else
+               f"same pixels, different {result.file_kind} bytes (another encoder build?)" if result.same_pixels else
                "DIFFERENT pixels")
     typer.echo(f"index {result.index}: seed {result.seed}, {label}: regenerated image vs stored: {verdict}")
     if result.not_exact:

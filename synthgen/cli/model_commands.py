@@ -18,7 +18,8 @@ DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
 @app.command()
 def train(
     data: Annotated[str, typer.Option("--data", help="Training images: a MedMNIST-style .npz, a .parquet file "
-                                      "or folder of them, or a folder with one subfolder of PNG/JPEG per class.")],
+                                      "or folder of them, a folder with one subfolder of PNG/JPEG, DICOM or "
+                                      "NIfTI files per class, or one NIfTI file (a 3D volume: its slices).")],
     out: Annotated[str, typer.Option("--out", help="Checkpoint directory to write (path or URI).")],
     arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan or vae.")] = "dcgan",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Total epochs, with --resume the new total "
@@ -43,6 +44,11 @@ def train(
     conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="Condition on "
                                                         "the labels (default: yes for >1 class).")] = None,
     split: Annotated[str, typer.Option("--split", help="Which split of an .npz to read.")] = "train",
+    data_license: Annotated[Optional[str], typer.Option("--data-license", help="The training data's license "
+                                                        "(e.g. CC-BY-4.0), stored in the checkpoint and stated "
+                                                        "on every dataset card (default: unknown).")] = None,
+    data_citation: Annotated[Optional[str], typer.Option("--data-citation", help="How to cite the training "
+                                                         "data; stored and stated the same way.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a checkpoint already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -56,7 +62,7 @@ def train(
     config = TrainConfig(data=data, out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, image_size=size, latent_dim=latent_dim, width=width,
                          class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
-                         split=split)
+                         split=split, data_license=data_license, data_citation=data_citation)
     previous = stop_on_signals((signal.SIGINT, signal.SIGTERM))  # held while an epoch is being saved
     try:
         with user_errors():

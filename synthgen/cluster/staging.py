@@ -51,7 +51,14 @@ def stage_job(config: RunConfig, dest: Path) -> RunConfig:
     Refuses a working_dir over Ray's upload limit.
     """
     import synthgen
-    from synthgen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, bundled_models, inspect_checkpoint, read_config
+    from synthgen.checkpoint import (
+        CONFIG_FILE,
+        DATA_TERMS_FILE,
+        WEIGHTS_FILE,
+        bundled_models,
+        inspect_checkpoint,
+        read_config,
+    )
     from synthgen.generate.plan import parse_label_plan
 
     package = Path(synthgen.__file__).resolve().parent
@@ -69,8 +76,9 @@ def stage_job(config: RunConfig, dest: Path) -> RunConfig:
         parse_label_plan(config.labels, inspect_checkpoint(model)[0].class_names)
         shipped = Path("model") / (Path(model).resolve().name or "checkpoint")
         (dest / shipped).mkdir(parents=True)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            shutil.copyfile(Path(model) / name, dest / shipped / name)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, DATA_TERMS_FILE):  # the terms file only where there is one
+            if name != DATA_TERMS_FILE or (Path(model) / name).is_file():
+                shutil.copyfile(Path(model) / name, dest / shipped / name)
         model = shipped.as_posix()  # relative to the job's working directory on the cluster
     job = dataclasses.replace(config, model=model, address=None)
     (dest / JOB_FILE).write_text(json.dumps(dataclasses.asdict(job), indent=1, sort_keys=True) + "\n")

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
+from synthgen.dataset.format import FILE_FORMATS
 from synthgen.errors import SynthgenError
 
 SAMPLE_FILES = 1000  # PNG files whose allocation is measured, out of the first committed shard
@@ -36,7 +37,7 @@ class SpaceCheck:
 
     def __init__(self, loc: storage.Location, manifest: mf.Manifest):
         self.loc, self.manifest = loc, manifest
-        self.png_tree = manifest.job["format"] == "png"
+        self.png_tree = manifest.job["format"] in FILE_FORMATS  # one file per image: blocks and inodes count
         self.bytes_per_image: float | None = None
 
     def __call__(self, images_left: int) -> None:

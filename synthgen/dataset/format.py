@@ -20,7 +20,11 @@ import pyarrow as pa
 # zstd (level 1) rather than pyarrow's default snappy: on bundled-model shards 10% smaller with stored PNGs
 # (552 vs 613 B per image, imaging.PARQUET_PNG_SETTINGS) and raw pixels (748 vs 792 B), at the same speed.
 PARQUET_COMPRESSION = "zstd"
-FORMATS = ("parquet", "png")
+FORMATS = ("parquet", "png", "dicom", "nifti")
+# Formats that write one file per image under images/<class>/, indexed by meta/shard-*.parquet (file name, index,
+# seed, label and each file's sha256) and, once complete, DIR/metadata.parquet.
+FILE_FORMATS = ("png", "dicom", "nifti")
+FILE_SUFFIX = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}
 ENCODINGS = ("png", "raw")
 RAW_LAYOUT = "fixed_size_binary"  # recorded in the manifest: "fixed_shape_tensor" before synthgen 0.4.0
 UNLABELED = -1  # the label column of every image of an unconditional model
@@ -52,13 +56,13 @@ def shard_file(layout: Layout, shard_id: int) -> str:
 
 
 def image_file(layout: Layout, index: int, label: int) -> str:
-    return f"images/{layout.class_dir(label)}/{index:09d}.png"
+    return f"images/{layout.class_dir(label)}/{index:09d}{FILE_SUFFIX.get(layout.format, '.png')}"
 
 
 FOLDERS = ("data", "meta", "images")  # where shard_file and image_file put files; the root holds only our own
 # Every name shard_file and image_file can produce, relative to the dataset root (ids and indices may outgrow
 # their zero padding).
-_WRITTEN_FILE = re.compile(r"(data|meta)/shard-\d{5,}\.parquet|images/[^/]+/\d{9,}\.png")
+_WRITTEN_FILE = re.compile(r"(data|meta)/shard-\d{5,}\.parquet|images/[^/]+/\d{9,}\.(png|dcm|nii\.gz)")
 
 
 def is_written_file(rel_path: str) -> bool:
@@ -125,6 +129,12 @@ def parquet_schema(layout: Layout) -> pa.Schema:
                                                                                       sort_keys=True)})
 
 
-def png_meta_schema() -> pa.Schema:
+def digest_column(fmt: str) -> str:
+    """The metadata column holding each image file's sha256 ("png_sha256" since 0.1, "sha256" for the others)."""
+    return "png_sha256" if fmt == "png" else "sha256"
+
+
+def png_meta_schema(fmt: str = "png") -> pa.Schema:
+    """The schema of a file-per-image shard's metadata part (meta/shard-*.parquet)."""
     return pa.schema([("file_name", pa.string()), ("index", pa.int64()), ("seed", pa.uint64()),
-                      ("label", pa.int64()), ("png_sha256", pa.string())])
+                      ("label", pa.int64()), (digest_column(fmt), pa.string())])

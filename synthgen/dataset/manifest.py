@@ -1,4 +1,4 @@
-"""``manifest.json``, a dataset's commit record, and the dataset card ``README.md``.
+"""``manifest.json``, a dataset's commit record (the dataset card ``README.md``: :mod:`synthgen.dataset.card`).
 
 A shard counts as written only once the manifest lists it with its index range, row count, byte size and
 sha256; a file on disk that the manifest does not list is redone by the next run. The manifest holds no
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from synthgen import __version__, storage
+from synthgen.dataset.files import encoder_name
 from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
 from synthgen.errors import SynthgenError
 from synthgen.generate import plan
@@ -27,12 +28,15 @@ FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
-                   "png_encoder", "parquet_compression", "raw_layout", "png_marking")
+                   "png_encoder", "parquet_compression", "raw_layout", "png_marking", "file_encoder", "spacing")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
 # Before 0.7.0 no PNG carried the synthetic marking (imaging.PNG_MARKING).
+# Recorded by --format dicom and nifti only (synthgen 0.7); None for the other formats, whose manifests and
+# Parquet files leave them out, so their bytes stay what earlier versions wrote.
+MEDICAL_FIELDS = ("file_encoder", "spacing")
 BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy",
-                   "png_marking": None}
+                   "png_marking": None, "file_encoder": None, "spacing": None}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
 # and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
 MADE_ON = "made_on"
@@ -78,7 +82,8 @@ class Manifest:
         """What every Parquet file of the dataset carries: only what decides the bytes (no paths, which differ
         between machines, and nothing recorded after the run started)."""
         model = {k: self.model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}
-        # a field a dataset's first version did not record stays out, so its files keep their bytes
+        # a field a dataset's first version did not record stays out (and file_encoder, spacing outside
+        # DICOM/NIfTI), so its files keep their bytes
         return {"job": {k: self.job[k] for k in IDENTITY_FIELDS if k in self.job}, "model": model}
 
     def rows_done(self) -> int:
@@ -128,15 +133,22 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
         source: how the manifest names the model (engine.model_reference).
         labels: the parsed label plan.
     """
-    png = config.encoding == "png"
+    png = config.encoding == "png" and config.format in ("parquet", "png")
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
            "encoding": config.encoding, "precision": config.precision, "inference_form": plan.INFERENCE_FORM,
            "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
-           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": None if png else RAW_LAYOUT,
+           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None,
            "png_marking": PNG_MARKING if png else None}
+    if config.format in ("dicom", "nifti"):  # the format is the encoding: no PNG inside
+        job.update(encoding=config.format, file_encoder=encoder_name(config.format),
+                   spacing=output_spacing(config, checkpoint))
+    from synthgen.checkpoint import data_terms
+
     model = {"source": source, "fingerprint": fingerprint, "arch": checkpoint.arch,
-             "image_shape": checkpoint.image_shape, "bit_depth": checkpoint.bit_depth, "latent_dim": checkpoint.latent_dim,
-             "class_names": checkpoint.class_names, "training": checkpoint.training}
+             "image_shape": checkpoint.image_shape, "bit_depth": checkpoint.bit_depth,
+             "latent_dim": checkpoint.latent_dim, "class_names": checkpoint.class_names,
+             "training": checkpoint.training,
+             "data_terms": data_terms(source, checkpoint)}  # for the card; not part of the identity
     return Manifest(job, model)
 
 
@@ -150,6 +162,19 @@ def follow_unmarked(existing: Manifest, fresh: Manifest) -> None:
 def bit_depth(manifest: Manifest) -> int:
     """The depth of a dataset's pixels: 8, or 16 for a 16-bit model (8 in manifests before 0.7.0)."""
     return int(manifest.model.get("bit_depth", 8))
+
+
+def output_spacing(config: RunConfig, checkpoint: CheckpointConfig) -> list[float] | None:
+    """[row, column] pixel spacing in mm that a NIfTI or DICOM dataset records: ``--spacing`` (NIfTI only),
+    else the training data's (the checkpoint's ``training.pixel_spacing``), else None (unknown)."""
+    if config.format not in ("dicom", "nifti"):
+        return None
+    if config.spacing is not None:
+        from synthgen.generate.config import parse_spacing
+
+        return parse_spacing(config.spacing)
+    known = checkpoint.training.get("pixel_spacing")
+    return [float(s) for s in known] if known else None
 
 
 def record_made_on(manifest: Manifest, actors: list[dict[str, str]], uri: str) -> list[str]:
@@ -218,51 +243,3 @@ def identity_diff(old: Manifest, new: Manifest) -> list[str]:
     """Human-readable differences in the fields that decide a dataset's bytes."""
     a, b = old.identity(), new.identity()
     return [f"{k}: {a[k]!r} there, {b[k]!r} now" for k in a if a[k] != b[k]]
-
-
-def write_card(loc: storage.Location, manifest: Manifest) -> None:
-    """A Hugging Face style dataset card: what made the dataset, how to load it, counts per class."""
-    job, model = manifest.job, manifest.model
-    c, h, w = model["image_shape"]
-    counts = "\n".join(f"| {name} | {n} |" for name, n in manifest.class_counts().items()) or "| (none) | |"
-    training = model.get("training", {})
-    files = "data/shard-*.parquet" if job["format"] == "parquet" else "images/<class>/<index>.png + metadata.parquet"
-    if job["format"] == "parquet":
-        loader = 'load_dataset("parquet", data_dir="DIR/data", split="train")'
-        ray_line = 'ray.data.read_parquet("DIR/data")  # or pyarrow.dataset.dataset("DIR/data")'
-    else:  # index, seed and label of each file are in DIR/metadata.parquet
-        loader = 'load_dataset("imagefolder", data_dir="DIR", split="train")'
-        ray_line = 'ray.data.read_images("DIR/images", include_paths=True)  # labels: DIR/metadata.parquet'
-    text = f"""---
-license: cc-by-4.0
-tags: [synthetic, synthgen]
----
-# Synthetic images made by synthgen {manifest.synthgen_version}
-
-{job['count']} images of {h}x{w} pixels, {c} channel(s), generated by a `{model['arch']}` generator
-(fingerprint `{model['fingerprint'][:16]}`, from `{model['source']}`) with base seed {job['seed']}, label plan
-`{job['labels']['kind']}`, precision {job['precision']}. Files: `{files}`; `manifest.json` lists every shard
-with its index range and sha256 (`synthgen verify DIR` checks them).
-
-Every image is reproducible: image *i* depends only on the model, the base seed, *i* and the label plan
-(`synthgen show DIR --index I`).
-
-| class | images |
-| --- | --- |
-{counts}
-
-## Load
-
-```python
-from datasets import load_dataset
-ds = {loader}
-import ray; {ray_line}
-```
-
-## Provenance and license
-
-The generator was trained on `{training.get('data', 'unknown data')}` (sha256 `{training.get('data_sha256', '?')}`).
-Synthetic data inherits the terms of the data its generator learned from: for MedMNIST-trained models that is
-CC BY 4.0 (cite MedMNIST v2, Yang et al., Scientific Data 10, 41 (2023), and the source dataset).
-"""
-    storage.write_bytes_atomic(loc, loc.join(CARD_FILE), text.encode())

@@ -15,12 +15,13 @@ import pyarrow.fs as pafs
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
-from synthgen.dataset.format import is_written_file
+from synthgen.dataset.card import EVAL_FILE, write_card
+from synthgen.dataset.format import FILE_FORMATS, is_written_file
 from synthgen.dataset.verify import check_shard, folder_files
 from synthgen.dataset.writers import write_png_metadata
 from synthgen.errors import SynthgenError
 
-OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta")
+OUR_FILES = ("manifest.json", "README.md", "metadata.parquet", "data", "images", "meta", EVAL_FILE)
 LOCK_FILE = ".synthgen-lock"  # not in OUR_FILES: --overwrite must not delete the lock of the run doing it
 
 
@@ -123,15 +124,15 @@ def write_output(loc: storage.Location, manifest: mf.Manifest, replace: bool) ->
 
 
 def finish_output(loc: storage.Location, manifest: mf.Manifest) -> None:
-    """Mark a dataset whose shards are all committed complete: PNG metadata, card, manifest."""
+    """Mark a dataset whose shards are all committed complete: the file tree's metadata, card, manifest."""
     if len(manifest.shards) < manifest.num_shards:
         raise SynthgenError(f"{len(manifest.shards)} of {manifest.num_shards} shards done; "
                             "re-run the same command to finish")
-    if manifest.job["format"] == "png":
+    if manifest.job["format"] in FILE_FORMATS:
         write_png_metadata(loc, [manifest.shards[j].file for j in sorted(manifest.shards)],
-                           tuple(manifest.model.get("class_names") or ()))
+                           tuple(manifest.model.get("class_names") or ()), manifest.job["format"])
     manifest.status = "complete"
-    mf.write_card(loc, manifest)
+    write_card(loc, manifest)
     mf.save(loc, manifest)
     # an actor killed mid-shard during this run left its temporary; no actor writes once every shard is in
     _remove_stale_temporaries(loc)

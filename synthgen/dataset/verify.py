@@ -13,7 +13,12 @@ import pyarrow.parquet as pq
 
 from synthgen import storage
 from synthgen.dataset import manifest as mf
-from synthgen.dataset.format import FOLDERS, is_written_file
+from synthgen.dataset.format import (
+    FILE_FORMATS,
+    FOLDERS,
+    digest_column,
+    is_written_file,
+)
 from synthgen.errors import SynthgenError
 from synthgen.generate.plan import shard_spec
 
@@ -39,7 +44,7 @@ class VerifyReport:
 
 def file_sha256(loc: storage.Location, path: str) -> tuple[str, int]:
     sha, size = hashlib.sha256(), 0
-    with loc.fs.open_input_stream(path) as stream:
+    with loc.fs.open_input_stream(path, compression=None) as stream:  # never un-gzip a .gz
         while chunk := stream.read(_CHUNK):
             sha.update(chunk)
             size += len(chunk)
@@ -57,7 +62,8 @@ def check_shard(loc: storage.Location, record: mf.ShardRecord, fmt: str, deep: b
                 f"(size {size}; corrupt or truncated)"]
     try:
         with loc.fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=["index"] + (["file_name", "png_sha256"] if fmt == "png" else []))
+            files = ["file_name", digest_column(fmt)] if fmt in FILE_FORMATS else []
+            table = pq.read_table(f, columns=["index"] + files)
     except Exception as err:  # pyarrow raises several types for a damaged file
         return [f"{record.file}: unreadable Parquet ({err})"]
     problems = []
@@ -65,12 +71,13 @@ def check_shard(loc: storage.Location, record: mf.ShardRecord, fmt: str, deep: b
     if table.num_rows != record.rows or not np.array_equal(indices, np.arange(record.start, record.stop)):
         problems.append(f"{record.file}: holds {table.num_rows} rows, expected indices "
                         f"{record.start}..{record.stop - 1} in order")
-    if fmt == "png" and deep:
-        problems += _check_pngs(loc, table.column("file_name").to_pylist(), table.column("png_sha256").to_pylist())
+    if fmt in FILE_FORMATS and deep:
+        problems += _check_files(loc, table.column("file_name").to_pylist(),
+                                 table.column(digest_column(fmt)).to_pylist())
     return problems
 
 
-def _check_pngs(loc: storage.Location, names: list[str], digests: list[str]) -> list[str]:
+def _check_files(loc: storage.Location, names: list[str], digests: list[str]) -> list[str]:
     problems = []
     for name, expected in zip(names, digests):
         path = loc.join(name)
@@ -79,7 +86,7 @@ def _check_pngs(loc: storage.Location, names: list[str], digests: list[str]) -> 
         elif hashlib.sha256(storage.read_bytes(loc, path)).hexdigest() != expected:
             problems.append(f"{name}: sha256 differs from its shard's metadata")
         if len(problems) >= 20:
-            problems.append("... (more PNG problems not listed)")
+            problems.append("... (more image file problems not listed)")
             break
     return problems
 

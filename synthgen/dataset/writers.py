@@ -1,4 +1,5 @@
-"""Shard writers: Parquet shards with a Hugging Face image column, or a PNG ImageFolder tree.
+"""Shard writers: Parquet shards with a Hugging Face image column, or a tree of one file per image (PNG
+ImageFolder, DICOM or NIfTI; :mod:`synthgen.dataset.files` encodes them).
 
 Both take rows in index order (any batching) and produce bytes that depend only on the rows: Parquet row
 groups are cut every ``ROW_GROUP_ROWS`` rows counted from the shard's start, never at batch boundaries.
@@ -21,6 +22,7 @@ from synthgen.dataset.format import (
     RAW_DTYPES,
     UNLABELED_NAME,
     Layout,
+    digest_column,
     hf_features,
     image_file,
     image_type,
@@ -68,7 +70,7 @@ class ShardWriter:
         self.path = loc.join(shard_file(layout, spec.shard_id))
         self._atomic = storage.open_atomic(loc, self.path)
         self._hashing = _Hashing(self._atomic.__enter__())
-        schema = self.schema if self.schema is not None else png_meta_schema()
+        schema = self.schema if self.schema is not None else png_meta_schema(layout.format)
         self._parquet = pq.ParquetWriter(self._hashing, schema, compression=PARQUET_COMPRESSION)
 
     def add(self, indices: np.ndarray, seeds: np.ndarray, labels: np.ndarray,
@@ -77,7 +79,8 @@ class ShardWriter:
 
         Args:
             indices, seeds, labels: (B,) columns of the rows.
-            images: B PNG byte strings, or (B, H, W, C) uint8 (uint16) pixels for ``encoding="raw"``.
+            images: B encoded files (PNG, DICOM or NIfTI bytes), or (B, H, W, C) uint8 (uint16) pixels for
+                ``encoding="raw"``.
         """
         assert indices[0] == self.next_index and indices[-1] == self.next_index + len(indices) - 1
         self.next_index += len(indices)
@@ -115,7 +118,7 @@ class ShardWriter:
             self.image_bytes += len(png)
         return pa.RecordBatch.from_arrays(
             [pa.array(names, pa.string()), pa.array(indices, pa.int64()), pa.array(seeds, pa.uint64()),
-             pa.array(labels, pa.int64()), pa.array(digests, pa.string())], schema=png_meta_schema())
+             pa.array(labels, pa.int64()), pa.array(digests, pa.string())], schema=png_meta_schema(self.layout.format))
 
     def _flush(self, rows: int) -> None:
         table = pa.Table.from_batches(self.pending).combine_chunks()
@@ -147,8 +150,10 @@ class ShardWriter:
             self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def write_png_metadata(loc: storage.Location, shard_files: list[str], class_names: tuple[str, ...] = ()) -> None:
-    """Join the PNG shards' metadata parts into one ``metadata.parquet`` (the ImageFolder convention), so that
+def write_png_metadata(loc: storage.Location, shard_files: list[str], class_names: tuple[str, ...] = (),
+                       fmt: str = "png") -> None:
+    """Join the file-per-image shards' metadata parts into one ``metadata.parquet`` (the ImageFolder convention:
+    for DICOM and NIfTI it is the index of the files), so that
     ``load_dataset("imagefolder", data_dir=DIR)`` gives each image its index, seed, label (a ClassLabel named
     by the schema's ``huggingface`` metadata) and PNG checksum.
 
@@ -160,8 +165,8 @@ def write_png_metadata(loc: storage.Location, shard_files: list[str], class_name
     label = hf_features(class_names)["label"]
     features = {"file_name": {"dtype": "string", "_type": "Value"}, "index": {"dtype": "int64", "_type": "Value"},
                 "seed": {"dtype": "string", "_type": "Value"}, "label": label,
-                "png_sha256": {"dtype": "string", "_type": "Value"}}
-    schema = png_meta_schema()
+                digest_column(fmt): {"dtype": "string", "_type": "Value"}}
+    schema = png_meta_schema(fmt)
     schema = schema.set(schema.get_field_index("seed"), pa.field("seed", pa.string()))
     schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
     with storage.open_atomic(loc, path) as out:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 
+from synthgen.dataset.card import record_eval
 from synthgen.evaluate import classifier as clf
 from synthgen.evaluate import encoder as enc
 from synthgen.evaluate import features as fx
@@ -62,6 +64,9 @@ def evaluate(config: EvalConfig) -> dict:
                       data.train.images, data.train_rows, report["figures"]["memorization"])
     clock.lap("figures")
     _write_json(config.out, report)
+    warning = record_eval(config.synthetic, report)  # the dataset's card quotes it (dataset/card.py)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return report
 
 

@@ -20,6 +20,7 @@ import torch
 
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
+from synthgen.dataset.files import file_encoder
 from synthgen.dataset.manifest import ShardRecord
 from synthgen.dataset.writers import ShardWriter
 from synthgen.errors import SynthgenError
@@ -36,7 +37,6 @@ from synthgen.generate.sampling import (
     make_deterministic,
     pass_bounds,
 )
-from synthgen.imaging import PNG_MARKING, encode_pngs, marking_chunks, png_settings
 
 # Default rows per forward pass for a 28x28 image; larger images get proportionally fewer rows (never under
 # MIN_BATCH). On CPU a batch's buffers must stay under the actor's fixed mmap threshold (config.allocator_env), or
@@ -76,7 +76,7 @@ class ShardGenerator:
         self.host_stage, self.device_stage = self.recipe.host_stage, self.recipe.device_stage
         self.batch_size = config.batch_size or default_batch_size(self.device, ckpt.config.image_shape)
         self.label_plan = LabelPlan.from_json(config.labels)
-        self.png_settings = png_settings(config.layout.format)
+        self.encode = file_encoder(config.layout)  # PNG, DICOM or NIfTI bytes per image, in the lanes
         self.loc = storage.locate(config.out)
         # one batch on a GPU at a time bounds device memory; the other lanes' host work overlaps it
         self.device_slots = threading.BoundedSemaphore(1 if on_gpu else self.lanes)
@@ -114,7 +114,7 @@ class ShardGenerator:
         self.progress[spec.shard_id] += len(batch[0])
 
     def _batch(self, indices: np.ndarray) -> tuple:
-        """One lane's work: ``(indices, seeds, labels, PNG bytes or raw pixels)`` for a run of indices."""
+        """One lane's work: ``(indices, seeds, labels, encoded files or raw pixels)`` for a run of indices."""
         seeds = image_seeds(self.config.seed, indices)
         labels = self.label_plan.labels(indices)
         lane = self._lane_resources()
@@ -127,15 +127,8 @@ class ShardGenerator:
             images = copying.result()  # (B, H, W, C): the copy back, waited for outside the slot
         except NonFiniteOutput as err:
             raise SynthgenError(str(NonFiniteOutput(int(indices[err.image]), err.precision))) from None
-        return indices, seeds, labels, self._encode(images, indices)
-
-    def _encode(self, images: np.ndarray, indices: np.ndarray) -> np.ndarray | list[bytes]:
-        """Raw pixels as they are; PNGs with the synthetic marking (image index and model) when the dataset has it."""
-        layout = self.config.layout
-        if layout.encoding == "raw":
-            return images
-        marks = marking_chunks(self.config.fingerprint, indices) if layout.png_marking == PNG_MARKING else None
-        return encode_pngs(images, self.png_settings, marks)
+        encoded = images if self.config.layout.encoding == "raw" else self.encode(indices, labels, images)
+        return indices, seeds, labels, encoded
 
     def _lane_resources(self) -> Lane:
         """This lane thread's stream and pinned buffers, made on its first batch."""

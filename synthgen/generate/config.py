@@ -14,6 +14,8 @@ from synthgen.errors import SynthgenError
 from synthgen.generate.plan import check_counts, check_precision, check_seed
 from synthgen.storage import human_bytes
 
+DICOM_MAX_IMAGES = 2**31 - 1  # InstanceNumber (IS) is index + 1
+
 
 @dataclass
 class RunConfig:
@@ -24,6 +26,7 @@ class RunConfig:
     model: str | None = None  # None = the bundled default model
     format: str = "parquet"
     encoding: str = "png"  # png, or raw uint8 pixels (parquet only)
+    spacing: str | None = None  # --format nifti: "ROW[xCOL]" mm; None = the training data's, if known
     shard_size: int = 10_000
     seed: int = 0
     labels: str | None = None
@@ -105,6 +108,19 @@ def allocator_env(lanes: int) -> dict[str, str]:
             "MALLOC_ARENA_MAX": str(max(1, lanes)), "ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
+def parse_spacing(text: str) -> list[float]:
+    """``--spacing``: "0.5" (square pixels) or "ROWxCOL" ("0.7x0.5"), millimetres -> [row, column]."""
+    parts = str(text).lower().split("x")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < 1e6 for v in values):
+        raise SynthgenError(f"--spacing must be a positive size in mm, or ROWxCOL (e.g. 0.5 or 0.7x0.5), "
+                            f"got {text!r}")
+    return values * 2 if len(values) == 1 else values
+
+
 def check_run_settings(config: RunConfig) -> None:
     """Raise :class:`SynthgenError` naming the flag for settings no cluster could run.
 
@@ -116,9 +132,17 @@ def check_run_settings(config: RunConfig) -> None:
     check_precision(config.precision)
     if config.format not in FORMATS:
         raise SynthgenError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-    if config.encoding not in ENCODINGS or (config.format == "png" and config.encoding != "png"):
+    if config.encoding not in ENCODINGS or (config.format != "parquet" and config.encoding != "png"):
         raise SynthgenError(f"--encoding must be png or raw (raw only with --format parquet), "
                             f"got {config.encoding!r} with --format {config.format}")
+    if config.spacing is not None:
+        if config.format != "nifti":
+            raise SynthgenError(f"--spacing is for --format nifti (DICOM takes the training data's spacing), "
+                                f"got --format {config.format}")
+        parse_spacing(config.spacing)
+    if config.format == "dicom" and config.count > DICOM_MAX_IMAGES:
+        raise SynthgenError(f"--count {config.count}: --format dicom numbers images 1..{DICOM_MAX_IMAGES} "
+                            "(InstanceNumber); write fewer, or use --format parquet")
     if config.batch_size is not None and config.batch_size < 1:
         raise SynthgenError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.gpus is not None and config.gpus < 0:

@@ -11,18 +11,12 @@ import torch
 from synthgen import storage
 from synthgen.checkpoint import load_checkpoint
 from synthgen.dataset import manifest as mf
-from synthgen.dataset.format import raw_pixels
+from synthgen.dataset.files import decode_file, file_encoder, layout_of
+from synthgen.dataset.format import FILE_FORMATS, raw_pixels
 from synthgen.errors import SynthgenError
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, image_seeds, shard_of
 from synthgen.generate.sampling import NonFiniteOutput, generate, make_deterministic
-from synthgen.imaging import (
-    PNG_MARKING,
-    decode_png,
-    encode_png,
-    marking_chunks,
-    png_settings,
-)
 
 
 @dataclass
@@ -34,9 +28,10 @@ class ShowResult:
     image: np.ndarray  # regenerated, (H, W, C) uint8 (uint16 for a 16-bit model)
     stored: np.ndarray  # as stored, (H, W, C), same dtype
     same_pixels: bool
-    same_bytes: bool | None  # PNG bytes equal; None for raw encoding
+    same_bytes: bool | None  # file bytes (PNG, DICOM, NIfTI) equal; None for raw encoding
     device: str = "cpu"  # the device kind it was regenerated on
     not_exact: str | None = None  # why the comparison cannot be byte-exact (made on another device kind)
+    file_kind: str = "PNG"  # what the stored bytes are: PNG, DICOM or NIfTI
 
 
 def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
@@ -75,14 +70,12 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
         raise SynthgenError(str(NonFiniteOutput(index, err.precision))) from None
     stored = _stored_image(loc, job["format"], record, index)
     names = plan.class_names
-    pixels = decode_png(stored) if isinstance(stored, bytes) else stored
-    same_bytes = None
-    if isinstance(stored, bytes):
-        mark = bytes(marking_chunks(manifest.model["fingerprint"], [index])[0]) \
-            if manifest.identity()["png_marking"] == PNG_MARKING else None
-        same_bytes = encode_png(image, png_settings(job["format"]), mark) == stored
+    pixels = decode_file(job["format"], stored, f"index {index}") if isinstance(stored, bytes) else stored
+    encode = file_encoder(layout_of(manifest))  # the actors' encoder: PNG, DICOM or NIfTI bytes
+    same_bytes = encode(np.array([index]), labels, image[None])[0] == stored if isinstance(stored, bytes) else None
     return ShowResult(index, int(seeds[0]), int(labels[0]), names[labels[0]] if labels[0] >= 0 else "",
-                      image, pixels, bool(np.array_equal(pixels, image)), same_bytes, device, not_exact)
+                      image, pixels, bool(np.array_equal(pixels, image)), same_bytes, device, not_exact,
+                      {"dicom": "DICOM", "nifti": "NIfTI"}.get(job["format"], "PNG"))
 
 
 def _device_like(manifest: mf.Manifest) -> tuple[str, str | None]:
@@ -99,13 +92,13 @@ def _device_like(manifest: mf.Manifest) -> tuple[str, str | None]:
 
 
 def _stored_image(loc: storage.Location, fmt: str, record: mf.ShardRecord, index: int) -> bytes | np.ndarray:
-    """The stored PNG bytes of ``index``, or its (H, W, C) pixels for raw encoding."""
+    """The stored file (PNG, DICOM, NIfTI) of ``index``, or its (H, W, C) pixels for raw encoding."""
     columns = ["index", "image"] if fmt == "parquet" else ["index", "file_name"]
     with loc.fs.open_input_file(loc.join(record.file)) as f:
         table = pq.read_table(f, columns=columns, filters=[("index", "=", index)])
     if table.num_rows != 1:
         raise SynthgenError(f"{record.file}: has no row for index {index}; run synthgen verify")
-    if fmt == "png":
+    if fmt in FILE_FORMATS:
         return storage.read_bytes(loc, loc.join(table.column("file_name")[0].as_py()))
     column = table.column("image").combine_chunks()
     pixels = raw_pixels(column, table.schema.field("image"))  # (1, H, W, C) for raw encoding

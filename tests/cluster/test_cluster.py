@@ -288,21 +288,23 @@ def test_ctrl_c_while_staging_is_one_line_and_starts_nothing(tiny_checkpoint, mo
 
 def test_staged_working_dir_is_small_and_round_trips(tiny_checkpoint, tmp_path):
     Path(tiny_checkpoint, "training_state.safetensors").write_bytes(b"x" * 1000)  # must stay behind
+    Path(tiny_checkpoint, "data_terms.json").write_text('{"license": "MIT"}')  # travels: the card states it
     try:
         config = RunConfig(count=500, out="s3://bucket/ds", model=tiny_checkpoint, shard_size=100, seed=7,
-                           gpus=8, address="http://head:8265")
+                           gpus=8, address="http://head:8265", format="nifti", spacing="0.5")
         staged = staging.stage_job(config, tmp_path)
     finally:
         Path(tiny_checkpoint, "training_state.safetensors").unlink()
+        Path(tiny_checkpoint, "data_terms.json").unlink()
     shipped = tmp_path / "model" / Path(tiny_checkpoint).name
-    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "data_terms.json", "model.safetensors"]
     assert (tmp_path / "jobs" / "generate.py").read_text() == (REPO / "jobs" / "generate.py").read_text()
     assert (tmp_path / "synthgen" / "generate" / "engine" / "pool.py").is_file()
     assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.pyc"))
     assert sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) < 20 * 2**20
     assert staged.model == f"model/{shipped.name}" and staged.address is None
     loaded = jobrun.load_job_file(str(tmp_path / "job.json"))
-    assert loaded == staged and loaded.gpus == 8 and loaded.seed == 7
+    assert loaded == staged and loaded.gpus == 8 and loaded.seed == 7 and loaded.spacing == "0.5"
 
 
 def test_a_uri_model_is_not_uploaded_and_oversize_is_refused(tiny_checkpoint, tmp_path, monkeypatch):

@@ -18,21 +18,28 @@ def fresh(checkpoint: str, **settings) -> mf.Manifest:
 
 
 def test_a_new_manifest_sets_exactly_the_identity_fields(tiny_checkpoint):
-    for settings in ({}, {"encoding": "raw"}, {"format": "png", "precision": "bf16"}):
+    for settings in ({}, {"encoding": "raw"}, {"format": "png", "precision": "bf16"}, {"format": "dicom"},
+                     {"format": "nifti", "spacing": "0.5"}):
         manifest = fresh(tiny_checkpoint, **settings)
-        assert tuple(sorted(manifest.job)) == tuple(sorted(mf.IDENTITY_FIELDS))
-        assert manifest.identity() == {**manifest.job, "model_fingerprint": manifest.model["fingerprint"]}
+        medical = manifest.job["format"] in ("dicom", "nifti")  # only they record file_encoder and spacing
+        fields = mf.IDENTITY_FIELDS if medical else tuple(f for f in mf.IDENTITY_FIELDS if f not in mf.MEDICAL_FIELDS)
+        assert tuple(sorted(manifest.job)) == tuple(sorted(fields))
+        assert manifest.identity() == {**manifest.job, **({} if medical else dict.fromkeys(mf.MEDICAL_FIELDS)),
+                                       "model_fingerprint": manifest.model["fingerprint"]}
         assert manifest.job["inference_form"] == INFERENCE_FORM and manifest.job["parquet_compression"] == "zstd"
     raw, png = fresh(tiny_checkpoint, encoding="raw"), fresh(tiny_checkpoint)
     assert (raw.job["png_encoder"], raw.job["raw_layout"]) == (None, "fixed_size_binary")
     assert png.job["png_encoder"].startswith("imagecodecs-") and png.job["raw_layout"] is None
+    dicom, nifti = fresh(tiny_checkpoint, format="dicom"), fresh(tiny_checkpoint, format="nifti", spacing="0.7x0.5")
+    assert dicom.job["file_encoder"].startswith("highdicom-") and dicom.job["encoding"] == "dicom"
+    assert (nifti.job["spacing"], nifti.job["png_encoder"]) == ([0.7, 0.5], None)
 
 
 def test_the_file_stamp_holds_the_identity_and_no_path(tiny_checkpoint):
     manifest = fresh(tiny_checkpoint)
     manifest.job["made_on"] = {"device": "cpu"}  # recorded once actors run: never in the files' bytes
     stamp = manifest.file_stamp()
-    assert stamp["job"] == {k: manifest.job[k] for k in mf.IDENTITY_FIELDS}
+    assert stamp["job"] == {k: manifest.job[k] for k in mf.IDENTITY_FIELDS if k not in mf.MEDICAL_FIELDS}
     assert sorted(stamp["model"]) == ["arch", "class_names", "fingerprint", "image_shape"]
     assert tiny_checkpoint not in str(stamp)
 

@@ -150,9 +150,10 @@ def test_raw_pixels_reads_the_tensor_layout_of_synthgen_0_3():
 
 
 def test_is_written_file_knows_every_name_the_writers_give():
-    for fmt in ("parquet", "png"):
+    for fmt in ("parquet", "png", "dicom", "nifti"):
         layout = Layout(fmt, ("a b", "c/d"))
         assert all(is_written_file(shard_file(layout, j)) for j in (0, 7, 123456))
         assert all(is_written_file(image_file(layout, i, label)) for i in (0, 10**9 + 3) for label in (0, 1, -1))
     assert not any(map(is_written_file, ["data/notes.csv", "images/000000001.png", "data/x/shard-00001.parquet",
-                                         "README.md", "images/a/1.png"]))
+                                         "README.md", "images/a/1.png", "images/a/000000001.nii",
+                                         "images/a/000000001.dcm.gz"]))

@@ -260,3 +260,19 @@ def test_cli_recipes_and_real_fractions(breast_npz, copies, tmp_path):
     stages = [r["arm"] for r in down["classifier_runs"] if r["seed"] == 0]
     assert stages[:5] == ["real", "synthetic", "topup", "pretrain (synthetic stage)", "pretrain"]
     assert "real + synthetic (pretrain) - real: " in result.output and "0.25 of the real images" in result.output
+
+
+def test_eval_reads_a_dicom_dataset_and_leaves_its_results_on_the_card(breast_npz, tiny_checkpoint, ray_local,
+                                                                        tmp_path):
+    out = tmp_path / "dicom"
+    made = invoke("run", "--count", "120", "--shard-size", "60", "--model", tiny_checkpoint, "--out", str(out),
+                  "--format", "dicom", "--gpus", "0", "--workers", "1", "--no-progress")
+    assert made.exit_code == 0, made.output
+    assert "Not evaluated yet" in (out / "README.md").read_text()
+    report = quick(breast_npz, out, tmp_path, max_images=100)
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["memorization"]["near_copies"] == report["memorization"]["near_copies"]
+    card = (out / "README.md").read_text()
+    assert "## Evaluation and memorization" in card and "**Memorization**: " in card
+    assert f"FID {report['feature_spaces']['classifier']['fid_kid']['fid']:.2f}" in card
+    assert invoke("verify", str(out)).exit_code == 0  # eval.json and the card are not strays

@@ -20,7 +20,7 @@ from synthgen import storage
 from synthgen.checkpoint import DEFAULT_MODEL, bundled_models, inspect_checkpoint
 from synthgen.dataset import manifest as mf
 from synthgen.dataset.capacity import SpaceCheck
-from synthgen.dataset.format import Layout
+from synthgen.dataset.files import layout_of
 from synthgen.dataset.output import (
     finish_output,
     output_lock,
@@ -52,7 +52,7 @@ def run(config: RunConfig) -> RunSummary:
     summary = RunSummary(config.out, config.count, 0, 0, 0.0)
     with output_lock(loc):
         manifest, replace = plan_output(loc, fresh, config.overwrite)  # refusals first: nothing written yet
-        layout = dataset_layout(manifest)  # of the dataset it continues (a 0.6.0 one: unmarked PNGs)
+        layout = layout_of(manifest)  # of the dataset it continues (a 0.6.0 one: unmarked PNGs)
         if len(manifest.shards) == manifest.num_shards:
             write_output(loc, manifest, replace)
         else:
@@ -80,15 +80,6 @@ def _plan_job(config: RunConfig) -> tuple[mf.Manifest, str]:
     source = model_reference(config.model)
     fresh = mf.new_manifest(config, ckpt, fingerprint, source, parse_label_plan(config.labels, ckpt.class_names))
     return fresh, source
-
-
-def dataset_layout(manifest: mf.Manifest) -> Layout:
-    """What every shard of the dataset ``manifest`` describes shares: format, classes, encoding, shape, depth,
-    marking and the identity stamped into each Parquet file."""
-    c, h, w = manifest.model["image_shape"]
-    return Layout(manifest.job["format"], tuple(manifest.model["class_names"]), encoding=manifest.job["encoding"],
-                  image_shape=(h, w, c), bit_depth=mf.bit_depth(manifest),
-                  png_marking=manifest.job.get("png_marking"), file_metadata=manifest.file_stamp())
 
 
 def model_reference(model: str | None) -> str:
