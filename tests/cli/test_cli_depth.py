@@ -89,6 +89,19 @@ def test_a_16bit_model_writes_16bit_output_spanning_the_range(model16, tmp_path,
     assert load_images(str(out)).images.dtype == np.uint16  # synthgen's own output trains again, exactly
 
 
+@pytest.mark.parametrize("fmt", ["dicom", "nifti"])
+def test_a_16bit_model_writes_16bit_dicom_and_nifti(model16, tmp_path, ray_local, fmt):
+    out = tmp_path / "ds"
+    result = invoke(*run_args(model16, out, "--format", fmt))
+    assert result.exit_code == 0, result.output
+    assert invoke("verify", str(out)).exit_code == 0
+    shown = invoke("show", str(out), "--index", "123", "--out", str(tmp_path / "x.png"))
+    assert shown.exit_code == 0 and "identical" in shown.output and "bytes" in shown.output, shown.output
+    images, _, indices = SyntheticImageDataset(str(out)).arrays()
+    assert images.dtype == np.uint16 and np.array_equal(indices, np.arange(300))
+    assert len(np.unique(images)) > 4096 and int(images.max()) - int(images.min()) > 2**14
+
+
 def test_hugging_face_decodes_a_16bit_parquet_dataset(model16, tmp_path, ray_local):
     from datasets import load_dataset
 
