@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from synthgen.cli.common import app, fail, user_errors
+from synthgen.cli.common import GUIDANCE_HELP, SAMPLER_HELP, STEPS_HELP, app, fail, user_errors
 from synthgen.errors import exit_status, restore_handlers, stop_on_signals
 
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
@@ -20,14 +20,18 @@ def train(
     data: Annotated[str, typer.Option("--data", help="Training images: a MedMNIST-style .npz, a .parquet file "
                                       "or folder of them, or a folder with one subfolder of PNG/JPEG per class.")],
     out: Annotated[str, typer.Option("--out", help="Checkpoint directory to write (path or URI).")],
-    arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan or vae.")] = "dcgan",
+    arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan, vae or diffusion (a class-"
+                                      "conditional UNet, v-prediction, EMA weights).")] = "dcgan",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Total epochs, with --resume the new total "
                                                   "(default: dcgan enough for 20,000 optimiser steps, at most "
-                                                  "1,000 epochs; vae 50).")] = None,
+                                                  "1,000 epochs; diffusion 20,000 steps, at most 2,000 epochs; "
+                                                  "vae 50).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per optimisation step "
-                                                      "(default: dcgan 16, vae 64; with --resume: as saved).")] = None,
+                                                      "(default: dcgan 16, diffusion 32, vae 64; with --resume: as "
+                                                      "saved).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate "
-                                                "(default: dcgan 2e-4, vae 1e-3; with --resume: as saved).")] = None,
+                                                "(default: dcgan and diffusion 2e-4, vae 1e-3; with --resume: "
+                                                "as saved).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, shuffling and noise.")] = 0,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Train at this size "
@@ -35,7 +39,8 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option("--latent-dim", help="Noise size "
                                                       "(default: dcgan 100, vae 32).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Generator's first feature-map channels "
-                                                 "(default: 128); sets the model's size.")] = None,
+                                                 "(default: 128, diffusion 64); sets the model's size.")
+                                  ] = None,
     class_names: Annotated[Optional[str], typer.Option("--class-names", help="Comma-separated names for "
                                                        "labels 0, 1, ... (e.g. malignant,normal).")] = None,
     conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="Condition on "
@@ -84,11 +89,15 @@ def sample(
     columns: Annotated[int, typer.Option("--columns", help="Images per grid row.")] = 8,
     scale: Annotated[int, typer.Option("--scale", help="Nearest-neighbour upscaling of the PNG.")] = 3,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help=SAMPLER_HELP)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help=STEPS_HELP)] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help=GUIDANCE_HELP)] = None,
     allow_custom_arch: Annotated[bool, typer.Option("--allow-custom-arch", help="Allow a checkpoint whose "
                                                     "architecture is an import path (runs its code).")] = False,
 ) -> None:
     """Draw a grid of samples from a model into one PNG."""
     from synthgen.checkpoint import load_checkpoint
+    from synthgen.generate import diffusion_settings
     from synthgen.generate.device import resolve_device
     from synthgen.generate.plan import check_seed, image_seeds
     from synthgen.generate.sampling import NonFiniteOutput, generate
@@ -107,11 +116,13 @@ def sample(
     with user_errors():
         check_seed(seed)
         ckpt = load_checkpoint(model, device=str(torch_device), allow_import=allow_custom_arch)
+        settings = diffusion_settings.for_checkpoint(ckpt.config, sampler, steps, guidance, ckpt.source)
+        generator = diffusion_settings.with_sampler(ckpt.model, settings)
         classes = _label_rows(label, ckpt.config.class_names)
         seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
         labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None
         try:
-            images = generate(ckpt.model, seeds, labels)  # (N, H, W, C) uint8
+            images = generate(generator, seeds, labels)  # (N, H, W, C) uint8
         except NonFiniteOutput as err:
             fail(f"{ckpt.source}: {err}")
         # each class starts a new row, so the blocks line up and column k shares its seed across classes

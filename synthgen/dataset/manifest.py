@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from synthgen import __version__, storage
 from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
 from synthgen.errors import SynthgenError
-from synthgen.generate import plan
+from synthgen.generate import diffusion_settings, plan
 from synthgen.imaging import png_encoder_name, png_settings
 
 if TYPE_CHECKING:
@@ -27,10 +27,11 @@ FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
-                   "png_encoder", "parquet_compression", "raw_layout")
+                   "png_encoder", "parquet_compression", "raw_layout", "sampler")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
-# before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
-BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy"}
+# before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity. "sampler"
+# holds a diffusion model's sampler settings (generate.diffusion_settings) and is None for other models.
+BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy", "sampler": None}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
 # and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
 MADE_ON = "made_on"
@@ -76,7 +77,7 @@ class Manifest:
         """What every Parquet file of the dataset carries: only what decides the bytes (no paths, which differ
         between machines, and nothing recorded after the run started)."""
         model = {k: self.model[k] for k in ("fingerprint", "arch", "image_shape", "class_names")}
-        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS}, "model": model}
+        return {"job": {k: self.job[k] for k in IDENTITY_FIELDS if k in self.job}, "model": model}
 
     def rows_done(self) -> int:
         return sum(r.rows for r in self.shards.values())
@@ -126,10 +127,15 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
         labels: the parsed label plan.
     """
     png = config.encoding == "png"
+    sampler = diffusion_settings.for_checkpoint(checkpoint, config.sampler, config.steps, config.guidance, source)
+    # a diffusion model runs as loaded (the rewrites of generate.inference_form are for DCGAN-style layers)
+    form = plan.INFERENCE_FORM if sampler is None else "plain"
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
-           "encoding": config.encoding, "precision": config.precision, "inference_form": plan.INFERENCE_FORM,
+           "encoding": config.encoding, "precision": config.precision, "inference_form": form, "sampler": sampler,
            "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
            "parquet_compression": PARQUET_COMPRESSION, "raw_layout": None if png else RAW_LAYOUT}
+    if sampler is None:  # other models' manifests and files stay as synthgen 0.6 wrote them
+        del job["sampler"]
     model = {"source": source, "fingerprint": fingerprint, "arch": checkpoint.arch,
              "image_shape": checkpoint.image_shape, "latent_dim": checkpoint.latent_dim,
              "class_names": checkpoint.class_names, "training": checkpoint.training}
