@@ -46,6 +46,16 @@ class DiffusersFolder:
     def weights(self) -> bytes:
         return storage.read_bytes(self.loc, self.weights_path)
 
+    def files(self) -> dict[str, str]:
+        """What a copy of this model needs: {path relative to the folder: path in the copy}. A scheduler found
+        beside a UNet folder goes into the copy itself."""
+        root = self.loc.root.rstrip("/") + "/"
+        paths = [f"{self.unet_dir}/{UNET_CONFIG}", self.weights_path, self.scheduler_path]
+        if storage.exists(self.loc, self.loc.join(PIPELINE_INDEX)):
+            paths.append(self.loc.join(PIPELINE_INDEX))
+        relative = [p[len(root):] for p in paths]
+        return {r: SCHEDULER_CONFIG if r.startswith("..") else r for r in relative}
+
     def config(self):
         """The folder as a :class:`synthgen.checkpoint.CheckpointConfig` (arch ``diffusers``)."""
         from synthgen.checkpoint import CheckpointConfig
@@ -67,7 +77,8 @@ class DiffusersFolder:
         return CheckpointConfig(arch=ARCH, model_config=model_config, image_shape=[channels, height, width],
                                 latent_dim=channels * height * width,
                                 class_names=[str(k) for k in range(classes)],
-                                training={"imported_from": self.loc.uri})
+                                training={"imported": "diffusers"})  # no path: the fingerprint names the model
+
 
     def load_state(self) -> tuple[bytes, dict]:
         """The weights' bytes and their tensors named as in synthgen's diffusion generator."""

@@ -133,3 +133,19 @@ def test_other_diffusers_models_and_missing_schedules_are_one_line(unet_dir: Pat
     (other / "config.json").write_text(config)
     with pytest.raises(SynthgenError, match="not a UNet2DModel"):
         read_config(str(other))
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_submitted_job_carries_the_whole_diffusers_folder(tmp_path: Path, pipeline: bool) -> None:
+    from synthgen.cluster.staging import stage_job
+    from synthgen.generate.config import RunConfig
+
+    folder = save_unet(tmp_path / "m", classes=2, pipeline=pipeline)
+    dest = tmp_path / "workdir"
+    dest.mkdir()
+    staged = stage_job(RunConfig(count=10, model=str(folder), out="s3://b/x", steps=3), dest)
+    copy = dest / staged.model
+    assert read_config(str(copy)).model_config == read_config(str(folder)).model_config
+    assert inspect_checkpoint(str(copy))[1] == inspect_checkpoint(str(folder))[1]
+    with pytest.raises(SynthgenError, match="no null class"):  # refused here, before anything is uploaded
+        stage_job(RunConfig(count=10, model=str(folder), out="s3://b/x", guidance=3), tmp_path / "w2")

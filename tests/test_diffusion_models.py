@@ -10,7 +10,12 @@ import torch
 from synthgen.generate import diffusion_settings
 from synthgen.generate.rng import normal_from_seeds
 from synthgen.generate.sampling import generate
-from synthgen.models import DiffusionConfig, DiffusionSampler, build_denoiser, build_generator
+from synthgen.models import (
+    DiffusionConfig,
+    DiffusionSampler,
+    build_denoiser,
+    build_generator,
+)
 from synthgen.models.diffusion_sampler import SAMPLERS, noise_injections
 
 TINY = {"width": 8, "layers_per_block": 1, "attention_head_dim": 8}

@@ -49,8 +49,8 @@ def test_the_manifest_records_the_sampler_and_the_plain_form(reference):
 def test_bytes_do_not_depend_on_batch_shard_or_workers(tmp_path, tiny_diffusion_checkpoint, reference):
     expected = images_by_index(reference.out)
     assert sorted(expected) == list(range(COUNT))
-    for name, kw in {"batch100": dict(batch_size=100, shard_size=150),
-                     "batch256-2workers": dict(batch_size=256, shard_size=70, workers=2)}.items():
+    for name, kw in {"batch100": {"batch_size": 100, "shard_size": 150},
+                     "batch256-2workers": {"batch_size": 256, "shard_size": 70, "workers": 2}}.items():
         config = job(tmp_path, name, tiny_diffusion_checkpoint, **kw)
         assert run(config).actors == kw.get("workers", 1)
         assert images_by_index(config.out) == expected, name
