@@ -138,3 +138,13 @@ def test_stored_values_of_a_tiny_model() -> None:
         out = model(torch.from_numpy(normal_from_seeds(seeds, model.latent_dim)), torch.tensor([0, 1]))
     got = out[:, 0, 10:13, 10:13].flatten().numpy()  # (2 * 9,)
     np.testing.assert_allclose(got, EXPECTED_SLICE, atol=1e-3)
+
+
+def test_bf16_on_cpu_runs_and_does_not_depend_on_the_batch() -> None:
+    model = tiny().with_settings("dpm++", 2, 2.0, chunk_rows=8)
+    seeds, labels = np.arange(10, dtype=np.uint64), np.arange(10) % 2
+    whole = generate(model, seeds, labels, precision="bf16")
+    parts = np.concatenate([generate(model, seeds[:3], labels[:3], precision="bf16"),
+                            generate(model, seeds[3:], labels[3:], precision="bf16")])
+    assert np.array_equal(whole, parts) and whole.shape == (10, 28, 28, 1)
+    assert not np.array_equal(whole, generate(model, seeds, labels))  # bf16 is its own identity
