@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import safetensors
 from safetensors import SafetensorError
 
-from synthgen import __version__, storage
+from synthgen import __version__, diffusers_import, storage
 from synthgen.errors import SynthgenError
 
 if TYPE_CHECKING:
@@ -196,12 +196,16 @@ def inspect_checkpoint(model: str | None = None) -> tuple[CheckpointConfig, str]
     """
     loc = storage.locate(resolve(model))
     config = read_config(model)
+    if (imported := diffusers_import.find(loc)) is not None:  # a diffusers folder: its own file names
+        return config, fingerprint(config, imported.weights(), imported.weights_path)
     return config, fingerprint(config, _read(loc, WEIGHTS_FILE), loc.join(WEIGHTS_FILE))
 
 
 def read_config(model: str | None) -> CheckpointConfig:
     """Read and validate only ``config.json`` of a checkpoint (no weights, no torch work)."""
     loc = storage.locate(resolve(model))
+    if (imported := diffusers_import.find(loc)) is not None:
+        return imported.config()
     return CheckpointConfig.from_json(_read(loc, CONFIG_FILE).decode("utf-8", "replace"), loc.join(CONFIG_FILE))
 
 
@@ -245,8 +249,12 @@ def load_checkpoint(model: str | None = None, device: str = "cpu", allow_import:
     loc = storage.locate(resolve(model))
     config = read_config(model)
     weights_path = loc.join(WEIGHTS_FILE)
-    weights = _read(loc, WEIGHTS_FILE)
-    state = load_tensors(weights, weights_path)
+    if (imported := diffusers_import.find(loc)) is not None:
+        weights_path = imported.weights_path
+        weights, state = imported.load_state()
+    else:
+        weights = _read(loc, WEIGHTS_FILE)
+        state = load_tensors(weights, weights_path)
     try:
         net = build_generator(config.arch, config.model_config, allow_import=allow_import)
     except ValueError as err:
@@ -329,8 +337,8 @@ def _check_output_shape(net: "nn.Module", config: CheckpointConfig, source: str)
     z = torch.zeros(2, config.latent_dim, device=device)
     labels = torch.zeros(2, dtype=torch.long, device=device) if config.conditional else None
     with torch.no_grad():
-        try:
-            out = net(z, labels)
+        try:  # a diffusion sampler probes with one network pass instead of a whole sampling loop
+            out = getattr(net, "shape_probe", net)(z, labels)
         except (RuntimeError, ValueError, IndexError) as err:
             raise SynthgenError(f"{source}: model cannot run on its own config ({err})") from None
     if list(out.shape[1:]) != list(config.image_shape):

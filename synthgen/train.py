@@ -1,4 +1,4 @@
-"""Train a DCGAN or VAE generator on an image set and save it as a synthgen checkpoint after every epoch.
+"""Train a DCGAN, VAE or diffusion generator on an image set and save it as a synthgen checkpoint after every epoch.
 
 Seeded and reproducible on CPU: one ``torch.Generator`` shuffles, another draws the noise, and the global
 RNG (dropout) is seeded too; all three are saved with the optimisers each epoch, so ``resume`` continues
@@ -23,17 +23,19 @@ from tqdm import tqdm
 
 from synthgen import checkpoint as ckpt
 from synthgen import storage
+from synthgen.diffusion_trainer import DiffusionTrainer
 from synthgen.errors import SynthgenError, stops_held
 from synthgen.generate.device import resolve_device
 from synthgen.generate.plan import image_seeds
 from synthgen.generate.sampling import NonFiniteOutput, generate
 from synthgen.imaging import image_grid, save_png
-from synthgen.models import DCGANConfig, VAEConfig, config_to_dict
+from synthgen.models import DCGANConfig, DiffusionConfig, VAEConfig, config_to_dict
 from synthgen.models.dcgan import describe_sizes, upsampling_plan
+from synthgen.models.diffusion import SUPPORTED_SIZES as DIFFUSION_SIZES
 from synthgen.readers import ImageSet, load_images
 from synthgen.trainers import GANTrainer, Trainer, VAETrainer
 
-ARCHS = ("dcgan", "vae")
+ARCHS = ("dcgan", "vae", "diffusion")
 # Per-arch defaults for the flags left unset. The dcgan ones are the bundled model's recipe, the one measured
 # (docs/evaluation.md): on BreastMNIST's 546 images it reached FID 15 after ~20,000 optimiser steps (600
 # epochs), against 65 after 150 epochs, and the old defaults (width 256, batch 64, 50 epochs = 400 steps)
@@ -42,8 +44,12 @@ ARCHS = ("dcgan", "vae")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dcgan": {"lr": 2e-4, "latent_dim": 100, "width": 128, "batch_size": 16},
     "vae": {"lr": 1e-3, "latent_dim": 32, "width": 128, "batch_size": 64, "epochs": 50},
+    # diffusion: common small-UNet settings (DDPM-style lr and batch), NOT yet chosen by measurement here
+    # (docs/design.md); its noise size is fixed by the image (C*H*W), so --latent-dim is refused
+    "diffusion": {"lr": 2e-4, "latent_dim": None, "width": 64, "batch_size": 32},
 }
 GAN_STEPS, GAN_MAX_EPOCHS = 20_000, 1_000
+DIFFUSION_STEPS, DIFFUSION_MAX_EPOCHS = 20_000, 2_000
 GRID_COLUMNS = 8
 GRID_SCALE = 3
 
@@ -81,9 +87,17 @@ class TrainConfig:
             raise SynthgenError(f"--batch-size must be at least 2, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise SynthgenError(f"--lr must be positive, got {self.lr}")
-        if self.image_size is not None and upsampling_plan(*self.size_hw()) is None:
+        if self.image_size is not None and self.arch == "diffusion":
+            h, w = self.size_hw()
+            if h != w or h not in DIFFUSION_SIZES:
+                raise SynthgenError(f"--image-size must be one of {', '.join(map(str, DIFFUSION_SIZES))} (square) "
+                                    f"for a diffusion model, got {h}x{w}")
+        elif self.image_size is not None and upsampling_plan(*self.size_hw()) is None:
             raise SynthgenError(f"--image-size {'x'.join(map(str, self.size_hw()))} is not one the {self.arch} "
                                 f"family makes: {describe_sizes()}")
+        if self.arch == "diffusion" and self.latent_dim is not None:
+            raise SynthgenError("--latent-dim: a diffusion model's noise is one value per pixel (C*H*W); "
+                                "drop --latent-dim (--width sets its size)")
         for flag, value in (("--latent-dim", self.latent_dim), ("--width", self.width)):
             if value is not None and value < 1:
                 raise SynthgenError(f"{flag} must be a positive integer, got {value}")
@@ -119,10 +133,11 @@ def default_epochs(arch: str, num_images: int, batch_size: int) -> int:
     Returns:
         A GAN: enough epochs for GAN_STEPS optimiser steps, at most GAN_MAX_EPOCHS. A VAE: its fixed default.
     """
-    if arch != "dcgan":
+    if arch not in ("dcgan", "diffusion"):
         return DEFAULTS[arch]["epochs"]
+    budget, cap = (GAN_STEPS, GAN_MAX_EPOCHS) if arch == "dcgan" else (DIFFUSION_STEPS, DIFFUSION_MAX_EPOCHS)
     steps_per_epoch = num_images // min(batch_size, num_images)  # Trainer.run_epoch drops the ragged tail
-    return max(1, min(GAN_MAX_EPOCHS, -(-GAN_STEPS // steps_per_epoch)))
+    return max(1, min(cap, -(-budget // steps_per_epoch)))
 
 
 @dataclass
@@ -244,10 +259,15 @@ def _checkpoint_config(config: TrainConfig, data: ImageSet, shape: tuple[int, ..
     common = {"latent_dim": config.setting("latent_dim"), "image_size": size, "channels": channels,
               "num_classes": len(class_names), "width": config.setting("width")}
     try:
-        arch_config = DCGANConfig(**common) if config.arch == "dcgan" else VAEConfig(**common)
+        if config.arch == "diffusion":
+            del common["latent_dim"]
+            arch_config = DiffusionConfig(**common)
+            common["latent_dim"] = arch_config.latent_dim
+        else:
+            arch_config = DCGANConfig(**common) if config.arch == "dcgan" else VAEConfig(**common)
+            _check_width(arch_config)
     except ValueError as err:
         raise SynthgenError(f"{data.source}: cannot build a {config.arch} for it ({err})") from None
-    _check_width(arch_config)
     training = {"data": config.data, "data_sha256": data.sha256, "split": config.split,
                 "data_class_names": data.class_names, "num_images": len(data.images), "epochs": 0,
                 "seed": config.seed, "lr": config.setting("lr"), "batch_size": config.batch_size,
@@ -335,7 +355,7 @@ def _resume(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer) 
 
 def _make_trainer(config: TrainConfig, meta: ckpt.CheckpointConfig, device: torch.device) -> Trainer:
     torch.manual_seed(config.seed)  # weight init and dropout
-    cls = GANTrainer if config.arch == "dcgan" else VAETrainer
+    cls = {"dcgan": GANTrainer, "vae": VAETrainer, "diffusion": DiffusionTrainer}[config.arch]
     trainer = cls(meta.model_config, lr=config.setting("lr"), seed=config.seed, device=device)
     trainer.bit_depth = meta.bit_depth
     return trainer

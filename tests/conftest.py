@@ -62,6 +62,30 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
+def make_tiny_diffusion_checkpoint(out_dir: Path, seed: int = 0, num_classes: int = 2) -> str:
+    """Save a randomly initialised diffusion model (a UNet of width 8, one layer per block, 28x28 gray,
+    malignant/normal); return its fingerprint. Its images are noise-like, which is all determinism needs."""
+    from synthgen.models import DiffusionConfig, DiffusionSampler, build_denoiser
+
+    torch.manual_seed(seed)
+    model_config = DiffusionConfig(image_size=28, channels=1, num_classes=num_classes, width=8, layers_per_block=1,
+                                   attention_head_dim=8)
+    model = DiffusionSampler(build_denoiser(model_config)).eval()
+    names = ["malignant", "normal"][:num_classes]
+    config = CheckpointConfig(arch="diffusion", model_config=config_to_dict(model_config), image_shape=[1, 28, 28],
+                              latent_dim=model_config.latent_dim, class_names=names,
+                              training={"note": "random init, made by tests/conftest.py"})
+    return save_checkpoint(str(out_dir), model, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Directory of a tiny class-conditional diffusion checkpoint (random weights); do not modify it."""
+    out = tmp_path_factory.mktemp("tiny-diffusion")
+    make_tiny_diffusion_checkpoint(out)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def overflowing_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny checkpoint with class 1's label embedding scaled by 1e6: its activations stay finite in fp32 and

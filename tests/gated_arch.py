@@ -79,3 +79,37 @@ def wait_until_held(gate: Path, alive, timeout_s: float = 120) -> int:
         assert alive(), "the run ended before any forward pass reached the gate"
         time.sleep(0.02)
     raise AssertionError(f"no process reached the gate in {timeout_s:.0f} s")
+
+
+def gated_diffusion_factory(config: dict[str, Any]):
+    """A diffusion model whose network's pass ``stop_at`` waits at the gate, sampled with ``config["sampler"]``."""
+    from synthgen.models import DiffusionConfig, DiffusionSampler
+    from synthgen.models.diffusion import Denoiser
+
+    class GatedDenoiser(Denoiser):
+        def forward(self, x, t, labels):
+            if next(self.passes) >= self.stop_at:
+                GatedGenerator._hold_if_armed(self)
+            return super().forward(x, t, labels)
+
+    gate, stop_at, sampler = config.pop("gate"), config.pop("stop_at"), config.pop("sampler")
+    model_config = DiffusionConfig(**config)
+    denoiser = GatedDenoiser(model_config.unet_config(), model_config.scheduler, model_config.num_classes,
+                             model_config.num_classes or None)
+    denoiser.gate, denoiser.stop_at, denoiser.passes = Path(gate), stop_at, itertools.count(1)
+    return DiffusionSampler(denoiser, **sampler)
+
+
+def gated_diffusion_checkpoint(checkpoint: str, out: Path, stop_at: int, sampler: dict) -> tuple[Path, Path]:
+    """A copy of a diffusion checkpoint as a gated model (see :func:`gated_checkpoint`). An import-path
+    architecture is not one synthgen knows as diffusion, so it takes no --sampler flags: the model samples
+    with ``sampler`` (DiffusionSampler's arguments) built in, and its latent_dim says how much noise that takes."""
+    from synthgen.models.diffusion_sampler import noise_injections
+
+    model, gate = gated_checkpoint(checkpoint, out, stop_at)
+    config = json.loads((model / CONFIG_FILE).read_text())
+    config["arch"] = "gated_arch:gated_diffusion_factory"
+    config["model_config"]["sampler"] = sampler
+    config["latent_dim"] *= 1 + noise_injections(sampler["sampler"], sampler["steps"])
+    (model / CONFIG_FILE).write_text(json.dumps(config))
+    return model, gate

@@ -10,6 +10,13 @@ import typer
 from synthgen import __version__
 from synthgen.errors import SynthgenError
 
+# the flags of a diffusion model's sampler (synthgen.generate.diffusion_settings), shared by run and sample
+SAMPLER_HELP = ("Diffusion models only: ddim (default, deterministic), dpm++ (DPM-Solver++ 2M), euler, heun, or "
+                "ddpm (stochastic: its noise comes from each image's own seed); part of the dataset identity.")
+STEPS_HELP = "Diffusion models only: sampling steps (default: ddim 50, dpm++ 20, euler 50, heun 25, ddpm 100)."
+GUIDANCE_HELP = ("Diffusion models only: classifier-free guidance scale (default 1 = the conditional model "
+                 "alone; above 1 pushes images toward their class, at the cost of a second network pass).")
+
 app = typer.Typer(
     name="synthgen",
     help="Train image generators, then mass-produce deterministic synthetic image datasets on Ray.",

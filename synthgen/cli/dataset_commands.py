@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from synthgen.cli.common import app, fail, user_errors
+from synthgen.cli.common import GUIDANCE_HELP, SAMPLER_HELP, STEPS_HELP, app, fail, user_errors
 from synthgen.errors import exit_status
 
 
@@ -34,6 +34,9 @@ def run(
              "fewer above 28x28).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); part of the dataset identity."
                                            )] = "fp32",
+    sampler: Annotated[Optional[str], typer.Option(help=SAMPLER_HELP)] = None,
+    steps: Annotated[Optional[int], typer.Option(help=STEPS_HELP)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help=GUIDANCE_HELP)] = None,
     gpus: Annotated[Optional[int], typer.Option(help="GPUs to use, one actor each (default: all the cluster "
                                                      "has; 0 = CPU actors).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="CPU actors when running without GPUs, "
@@ -59,7 +62,8 @@ def run(
 
     config = RunConfig(count=count, out=out, model=model, format=format, encoding=encoding, spacing=spacing,
                        shard_size=shard_size, seed=seed, labels=labels, batch_size=batch_size,
-                       precision=precision, gpus=gpus, workers=workers,
+                       precision=precision, sampler=sampler, steps=steps, guidance=guidance,
+                       gpus=gpus, workers=workers,
                        actors_per_gpu=actors_per_gpu, address=address, overwrite=overwrite,
                        allow_import=allow_custom_arch, progress=progress)
     from synthgen.cluster.client import job_server, submit_run

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from synthgen.cli.common import app, fail, user_errors
+from synthgen.cli.common import GUIDANCE_HELP, SAMPLER_HELP, STEPS_HELP, app, fail, user_errors
 from synthgen.errors import exit_status, restore_handlers, stop_on_signals
 
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
@@ -21,14 +21,18 @@ def train(
                                       "or folder of them, a folder with one subfolder of PNG/JPEG, DICOM or "
                                       "NIfTI files per class, or one NIfTI file (a 3D volume: its slices).")],
     out: Annotated[str, typer.Option("--out", help="Checkpoint directory to write (path or URI).")],
-    arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan or vae.")] = "dcgan",
+    arch: Annotated[str, typer.Option("--arch", help="Generator family: dcgan, vae or diffusion (a class-"
+                                      "conditional UNet, v-prediction, EMA weights).")] = "dcgan",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Total epochs, with --resume the new total "
                                                   "(default: dcgan enough for 20,000 optimiser steps, at most "
-                                                  "1,000 epochs; vae 50).")] = None,
+                                                  "1,000 epochs; diffusion 20,000 steps, at most 2,000 epochs; "
+                                                  "vae 50).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per optimisation step "
-                                                      "(default: dcgan 16, vae 64; with --resume: as saved).")] = None,
+                                                      "(default: dcgan 16, diffusion 32, vae 64; with --resume: as "
+                                                      "saved).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate "
-                                                "(default: dcgan 2e-4, vae 1e-3; with --resume: as saved).")] = None,
+                                                "(default: dcgan and diffusion 2e-4, vae 1e-3; with --resume: "
+                                                "as saved).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, shuffling and noise.")] = 0,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     image_size: Annotated[Optional[str], typer.Option("--image-size", help="Train at H[xW] pixels, resized "
@@ -38,7 +42,8 @@ def train(
     latent_dim: Annotated[Optional[int], typer.Option("--latent-dim", help="Noise size "
                                                       "(default: dcgan 100, vae 32).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Generator's first feature-map channels "
-                                                 "(default: 128); sets the model's size.")] = None,
+                                                 "(default: 128, diffusion 64); sets the model's size.")
+                                  ] = None,
     class_names: Annotated[Optional[str], typer.Option("--class-names", help="Comma-separated names for "
                                                        "labels 0, 1, ... (e.g. malignant,normal).")] = None,
     conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="Condition on "
@@ -93,11 +98,15 @@ def sample(
     columns: Annotated[int, typer.Option("--columns", help="Images per grid row.")] = 8,
     scale: Annotated[int, typer.Option("--scale", help="Nearest-neighbour upscaling of the PNG.")] = 3,
     device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help=SAMPLER_HELP)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help=STEPS_HELP)] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help=GUIDANCE_HELP)] = None,
     allow_custom_arch: Annotated[bool, typer.Option("--allow-custom-arch", help="Allow a checkpoint whose "
                                                     "architecture is an import path (runs its code).")] = False,
 ) -> None:
     """Draw a grid of samples from a model into one PNG."""
     from synthgen.checkpoint import load_checkpoint
+    from synthgen.generate import diffusion_settings
     from synthgen.generate.device import resolve_device
     from synthgen.generate.plan import check_seed, image_seeds
     from synthgen.generate.sampling import NonFiniteOutput, generate
@@ -116,11 +125,13 @@ def sample(
     with user_errors():
         check_seed(seed)
         ckpt = load_checkpoint(model, device=str(torch_device), allow_import=allow_custom_arch)
+        settings = diffusion_settings.for_checkpoint(ckpt.config, sampler, steps, guidance, ckpt.source)
+        generator = diffusion_settings.with_sampler(ckpt.model, settings)
         classes = _label_rows(label, ckpt.config.class_names)
         seeds = np.tile(image_seeds(seed, np.arange(count)), max(len(classes), 1))
         labels = np.repeat(np.asarray(classes, dtype=np.int64), count) if classes else None
         try:
-            images = generate(ckpt.model, seeds, labels, bit_depth=ckpt.config.bit_depth)  # (N, H, W, C)
+            images = generate(generator, seeds, labels, bit_depth=ckpt.config.bit_depth)  # (N, H, W, C)
         except NonFiniteOutput as err:
             fail(f"{ckpt.source}: {err}")
         # each class starts a new row, so the blocks line up and column k shares its seed across classes

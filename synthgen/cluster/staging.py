@@ -51,6 +51,7 @@ def stage_job(config: RunConfig, dest: Path) -> RunConfig:
     Refuses a working_dir over Ray's upload limit.
     """
     import synthgen
+    from synthgen import diffusers_import
     from synthgen.checkpoint import (
         CONFIG_FILE,
         DATA_TERMS_FILE,
@@ -59,6 +60,7 @@ def stage_job(config: RunConfig, dest: Path) -> RunConfig:
         inspect_checkpoint,
         read_config,
     )
+    from synthgen.generate import diffusion_settings
     from synthgen.generate.plan import parse_label_plan
 
     package = Path(synthgen.__file__).resolve().parent
@@ -71,15 +73,22 @@ def stage_job(config: RunConfig, dest: Path) -> RunConfig:
         (dest / "jobs" / "generate.py").write_text(_ENTRYPOINT_STUB)
     model = config.model
     if model is None or model in bundled_models():
-        parse_label_plan(config.labels, read_config(model).class_names)
+        checked = read_config(model)
     elif not storage.is_uri(model):  # a local checkpoint: checked here, before anything is uploaded
-        parse_label_plan(config.labels, inspect_checkpoint(model)[0].class_names)
+        checked = inspect_checkpoint(model)[0]
         shipped = Path("model") / (Path(model).resolve().name or "checkpoint")
         (dest / shipped).mkdir(parents=True)
-        for name in (CONFIG_FILE, WEIGHTS_FILE, DATA_TERMS_FILE):  # the terms file only where there is one
-            if name != DATA_TERMS_FILE or (Path(model) / name).is_file():
-                shutil.copyfile(Path(model) / name, dest / shipped / name)
+        imported = diffusers_import.find(storage.locate(model))
+        own = [n for n in (CONFIG_FILE, WEIGHTS_FILE, DATA_TERMS_FILE)  # the terms file only where there is one
+               if n != DATA_TERMS_FILE or (Path(model) / n).is_file()]
+        names = imported.files() if imported is not None else {n: n for n in own}
+        for source, name in names.items():
+            (dest / shipped / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(model) / source, dest / shipped / name)
         model = shipped.as_posix()  # relative to the job's working directory on the cluster
+    if model is None or not storage.is_uri(model):
+        parse_label_plan(config.labels, checked.class_names)
+        diffusion_settings.for_checkpoint(checked, config.sampler, config.steps, config.guidance, str(model))
     job = dataclasses.replace(config, model=model, address=None)
     (dest / JOB_FILE).write_text(json.dumps(dataclasses.asdict(job), indent=1, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())

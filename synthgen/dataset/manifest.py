@@ -15,7 +15,7 @@ from synthgen import __version__, storage
 from synthgen.dataset.files import encoder_name
 from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
 from synthgen.errors import SynthgenError
-from synthgen.generate import plan
+from synthgen.generate import diffusion_settings, plan
 from synthgen.imaging import PNG_MARKING, png_encoder_name, png_settings
 
 if TYPE_CHECKING:
@@ -28,15 +28,17 @@ FORMAT = "synthgen-dataset"
 FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
-                   "png_encoder", "parquet_compression", "raw_layout", "png_marking", "file_encoder", "spacing")
+                   "png_encoder", "parquet_compression", "raw_layout", "png_marking", "file_encoder", "spacing",
+                   "sampler")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
 # Before 0.7.0 no PNG carried the synthetic marking (imaging.PNG_MARKING).
 # Recorded by --format dicom and nifti only (synthgen 0.7); None for the other formats, whose manifests and
-# Parquet files leave them out, so their bytes stay what earlier versions wrote.
+# Parquet files leave them out, so their bytes stay what earlier versions wrote. "sampler" holds a diffusion
+# model's sampler settings (generate.diffusion_settings) and is left out for other models.
 MEDICAL_FIELDS = ("file_encoder", "spacing")
 BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy",
-                   "png_marking": None, "file_encoder": None, "spacing": None}
+                   "png_marking": None, "file_encoder": None, "spacing": None, "sampler": None}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
 # and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
 MADE_ON = "made_on"
@@ -134,14 +136,19 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
         labels: the parsed label plan.
     """
     png = config.encoding == "png" and config.format in ("parquet", "png")
+    sampler = diffusion_settings.for_checkpoint(checkpoint, config.sampler, config.steps, config.guidance, source)
+    # a diffusion model runs as loaded (the rewrites of generate.inference_form are for DCGAN-style layers)
+    form = plan.INFERENCE_FORM if sampler is None else "plain"
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
-           "encoding": config.encoding, "precision": config.precision, "inference_form": plan.INFERENCE_FORM,
+           "encoding": config.encoding, "precision": config.precision, "inference_form": form, "sampler": sampler,
            "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
            "parquet_compression": PARQUET_COMPRESSION, "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None,
            "png_marking": PNG_MARKING if png else None}
     if config.format in ("dicom", "nifti"):  # the format is the encoding: no PNG inside
         job.update(encoding=config.format, file_encoder=encoder_name(config.format),
                    spacing=output_spacing(config, checkpoint))
+    if sampler is None:  # other models' manifests and files stay as synthgen 0.6 wrote them
+        del job["sampler"]
     from synthgen.checkpoint import data_terms
 
     model = {"source": source, "fingerprint": fingerprint, "arch": checkpoint.arch,
@@ -243,3 +250,11 @@ def identity_diff(old: Manifest, new: Manifest) -> list[str]:
     """Human-readable differences in the fields that decide a dataset's bytes."""
     a, b = old.identity(), new.identity()
     return [f"{k}: {a[k]!r} there, {b[k]!r} now" for k in a if a[k] != b[k]]
+
+
+def sampler_words(job: dict[str, Any]) -> str:
+    """The card's words for a diffusion dataset's sampler settings ("" for other models)."""
+    sampler = job.get("sampler")
+    if not sampler:
+        return ""
+    return f", sampler {sampler['sampler']} in {sampler['steps']} steps with guidance {sampler['guidance']:g}"

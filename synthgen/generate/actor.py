@@ -26,6 +26,7 @@ from synthgen.dataset.writers import ShardWriter
 from synthgen.errors import SynthgenError
 from synthgen.generate.config import WorkerConfig
 from synthgen.generate.device import resolve_device
+from synthgen.generate.diffusion_settings import with_sampler
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, ShardSpec, image_seeds
 from synthgen.generate.sampling import (
@@ -67,8 +68,9 @@ class ShardGenerator:
         if ckpt.fingerprint != config.fingerprint:
             raise SynthgenError(f"{config.model}: the model changed since the job started "
                                 f"(fingerprint {ckpt.fingerprint[:12]}, job has {config.fingerprint[:12]})")
-        self.model = prepare_model(ckpt.model)
-        self.recipe = ImageRecipe(self.model, config.precision, ckpt.config.latent_dim, ckpt.config.bit_depth)
+        self.model = with_sampler(prepare_model(ckpt.model), config.sampler)
+        latent_dim = ckpt.config.latent_dim if config.sampler is None else self.model.latent_dim
+        self.recipe = ImageRecipe(self.model, config.precision, latent_dim, ckpt.config.bit_depth)
         if ckpt.config.bit_depth != config.layout.bit_depth:
             raise SynthgenError(f"{config.model}: a {ckpt.config.bit_depth}-bit model, but the dataset holds "
                                 f"{config.layout.bit_depth}-bit images")
@@ -86,7 +88,11 @@ class ShardGenerator:
         self.pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="synthgen-lane")
         # one-time set-up and kernel JIT happen here, not in a timed shard (a pass of another row count, e.g.
         # 250 for a 10,000-image shard, may still build its own oneDNN primitives on first use)
-        self._batch(np.zeros(self.batch_size, dtype=np.int64))
+        # (a diffusion sampler's network only ever sees chunks of one shape: one pass of one chunk does it)
+        if config.sampler is None:
+            self._batch(np.zeros(self.batch_size, dtype=np.int64))
+        else:
+            self._warm_diffusion()
 
     def __call__(self, spec: ShardSpec) -> ShardRecord:
         writer = ShardWriter(self.loc, self.config.layout, spec)
@@ -129,6 +135,12 @@ class ShardGenerator:
             raise SynthgenError(str(NonFiniteOutput(int(indices[err.image]), err.precision))) from None
         encoded = images if self.config.layout.encoding == "raw" else self.encode(indices, labels, images)
         return indices, seeds, labels, encoded
+
+    def _warm_diffusion(self) -> None:
+        z = torch.zeros(self.model.chunk_rows, self.model.latent_dim, device=self.recipe.device)
+        labels = torch.zeros(len(z), dtype=torch.int64, device=self.recipe.device)
+        with torch.inference_mode():
+            self.model.shape_probe(z, labels if self.label_plan.class_names else None)
 
     def _lane_resources(self) -> Lane:
         """This lane thread's stream and pinned buffers, made on its first batch."""

@@ -32,6 +32,9 @@ class RunConfig:
     labels: str | None = None
     batch_size: int | None = None  # None: 256 on CPU, 2048 on a GPU (fewer for larger images)
     precision: str = "fp32"
+    sampler: str | None = None  # diffusion models only (generate.diffusion_settings); None = the default
+    steps: int | None = None
+    guidance: float | None = None
     gpus: int | None = None  # None = every GPU the cluster has; 0 = CPU actors
     workers: int | None = None  # CPU actors when running without GPUs; None = one per node (8 lanes at most)
     actors_per_gpu: int = 1
@@ -96,6 +99,7 @@ class WorkerConfig:
     device: str = "auto"  # auto = cuda when this process sees a GPU
     lanes: int = 0  # threads taking whole batches through model + encoder; 0 = one per usable CPU
     allow_import: bool = False
+    sampler: dict | None = None  # a diffusion model's settings (generate.diffusion_settings), as the manifest has them
 
 
 def allocator_env(lanes: int) -> dict[str, str]:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from synthgen.generate.plan import INFERENCE_FORM, INFERENCE_FORMS
+from synthgen.models.diffusion_sampler import DiffusionSampler
 
 SUBPIXEL_MAX_OUT_CHANNELS = 4
 
@@ -29,7 +30,7 @@ def prepare_model(model: nn.Module, form: str = INFERENCE_FORM) -> nn.Module:
     if form not in INFERENCE_FORMS:
         raise ValueError(f"form must be one of {', '.join(INFERENCE_FORMS)}, got {form!r}")
     model.eval()
-    if form == "plain":
+    if form == "plain" or isinstance(model, DiffusionSampler):  # UNets run as loaded (manifest: "plain")
         return model
     with torch.no_grad():
         _rewrite_sequentials(model)

@@ -117,12 +117,14 @@ class ImageRecipe:
         self.model, self.precision, self.bit_depth = model, precision, bit_depth
         self.latent_dim = latent_dim if latent_dim is not None else latent_dim_of(model)
         self.device = next(model.parameters()).device
+        # a diffusion sampler pads to its own fixed chunk of rows; padding to MIN_BATCH would only add work
+        self.min_rows = 1 if getattr(model, "chunk_rows", None) else MIN_BATCH
 
     def host_stage(self, seeds: np.ndarray, labels: np.ndarray | None, lane: Lane) -> HostBatch:
         """Noise and labels of one pass, padded to MIN_BATCH rows, and their copy to the device started on the
         lane's stream: numpy and a memcpy, so lanes run it side by side, outside the device slot."""
         seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
-        rows = max(len(seeds), MIN_BATCH)
+        rows = max(len(seeds), self.min_rows)
         z = _padded(normal_from_seeds(seeds, self.latent_dim), rows)  # (rows, latent)
         y = None if labels is None else _padded(np.asarray(labels, dtype=np.int64), rows)  # (rows,)
         with torch.cuda.stream(lane.stream) if lane.stream is not None else contextlib.nullcontext():

@@ -14,6 +14,7 @@ from synthgen.dataset import manifest as mf
 from synthgen.dataset.files import decode_file, file_encoder, layout_of
 from synthgen.dataset.format import FILE_FORMATS, raw_pixels
 from synthgen.errors import SynthgenError
+from synthgen.generate.diffusion_settings import with_sampler
 from synthgen.generate.inference_form import prepare_model
 from synthgen.generate.plan import LabelPlan, image_seeds, shard_of
 from synthgen.generate.sampling import NonFiniteOutput, generate, make_deterministic
@@ -63,7 +64,8 @@ def regenerate(path: str, index: int, model: str | None = None) -> ShowResult:
     plan = LabelPlan.from_json(job["labels"])
     seeds = image_seeds(job["seed"], np.array([index]))
     labels = plan.labels(np.array([index]))
-    model = prepare_model(ckpt.model, manifest.identity()["inference_form"])
+    identity = manifest.identity()
+    model = with_sampler(prepare_model(ckpt.model, identity["inference_form"]), identity["sampler"])
     try:
         image = generate(model, seeds, labels, precision=job["precision"], bit_depth=ckpt.config.bit_depth)[0]
     except NonFiniteOutput as err:

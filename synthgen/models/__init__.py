@@ -1,6 +1,7 @@
 """Generator families and the registry that builds one from its saved config.
 
-Built-in families: ``dcgan`` and ``vae``. A user plugs in an architecture of their own either by calling
+Built-in families: ``dcgan``, ``vae`` and ``diffusion`` (a denoising UNet sampled by :mod:`diffusion_sampler`;
+``diffusers`` is the same for a UNet2DModel folder imported by :mod:`synthgen.diffusers_import`). A user plugs in an architecture of their own either by calling
 :func:`register` before loading, or by naming a factory ``package.module:factory`` as the architecture. A factory
 takes the config dict and returns an ``nn.Module`` whose ``forward(z, labels)`` maps ``(B, latent_dim)`` noise
 and ``(B,)`` int64 labels (or ``None``) to ``(B, C, H, W)`` images in [-1, 1].
@@ -18,6 +19,8 @@ from typing import Any, Callable
 from torch import nn
 
 from synthgen.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+from synthgen.models.diffusion import Denoiser, DiffusionConfig, build_denoiser
+from synthgen.models.diffusion_sampler import DiffusionSampler
 from synthgen.models.vae import VAE, VAEConfig
 
 GeneratorFactory = Callable[[dict[str, Any]], nn.Module]
@@ -25,6 +28,9 @@ GeneratorFactory = Callable[[dict[str, Any]], nn.Module]
 _FACTORIES: dict[str, GeneratorFactory] = {
     "dcgan": lambda cfg: DCGANGenerator(DCGANConfig(**cfg)),
     "vae": lambda cfg: VAE(VAEConfig(**cfg)).decoder,
+    # a diffusion generator is its network under the default sampler; a run swaps in its own settings
+    "diffusion": lambda cfg: DiffusionSampler(build_denoiser(DiffusionConfig(**cfg))),
+    "diffusers": lambda cfg: DiffusionSampler(Denoiser(cfg["unet"], cfg["scheduler"], cfg["num_classes"])),
 }
 
 
@@ -78,6 +84,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "DCGANConfig", "DCGANDiscriminator", "DCGANGenerator", "VAE", "VAEConfig",
+    "DCGANConfig", "DCGANDiscriminator", "DCGANGenerator", "Denoiser", "DiffusionConfig", "DiffusionSampler",
+    "VAE", "VAEConfig",
     "build_generator", "config_to_dict", "known_architectures", "register",
 ]

@@ -58,7 +58,7 @@ def run(config: RunConfig) -> RunSummary:
         else:
             worker = WorkerConfig(model_source, fresh.model["fingerprint"], config.out, layout, config.seed,
                                   fresh.job["labels"], config.batch_size, config.precision,
-                                  allow_import=config.allow_import)
+                                  allow_import=config.allow_import, sampler=fresh.job.get("sampler"))
             with ray_session(config.address):
                 pool = ActorPool(config, worker)  # the cluster takes the job, or refuses it, before any write
                 try:
