@@ -30,8 +30,21 @@ from synthgen.imaging import decode_png, encode_png, png_encoder_name, png_setti
 
 
 def images_by_index(out: str) -> dict[int, bytes]:
+    """Each image's PNG bytes without its text chunks: the synthetic marking names the model's fingerprint, which
+    a gated copy of a model does not share (tests/dataset and tests/cli check the marking itself)."""
     table = pq.read_table(Path(out, "data"), columns=["index", "image"])
-    return dict(zip(table.column("index").to_pylist(), (r["bytes"] for r in table.column("image").to_pylist())))
+    pngs = (without_text_chunks(r["bytes"]) for r in table.column("image").to_pylist())
+    return dict(zip(table.column("index").to_pylist(), pngs))
+
+
+def without_text_chunks(png: bytes) -> bytes:
+    kept, pos = [png[:8]], 8
+    while pos < len(png):
+        size = int.from_bytes(png[pos:pos + 4], "big")
+        if png[pos + 4:pos + 8] not in (b"tEXt", b"iTXt"):
+            kept.append(png[pos:pos + 12 + size])
+        pos += 12 + size
+    return b"".join(kept)
 
 
 def shard_digests(out) -> dict[int, str]:
