@@ -54,7 +54,7 @@ def read_file(loc: storage.Location, data: bytes) -> ImageSet:
     """One NIfTI (or DICOM) file: its images, all of class "0"."""
     images, spacing = _decode(data, loc.root)
     stacked = _stack([(f"{loc.uri} image {k}", image) for k, image in enumerate(images)])
-    return ImageSet(stacked, np.zeros(len(stacked), np.int64), ["0"], _sha256(data), loc.uri, spacing)
+    return ImageSet(stacked, np.zeros(len(stacked), np.int64), ["0"], _sha256(data), loc.uri, pixel_spacing=spacing)
 
 
 def read_folder(loc: storage.Location, files: list[str], class_order: list[str] | None = None) -> ImageSet:
@@ -84,7 +84,8 @@ def read_folder(loc: storage.Location, files: list[str], class_order: list[str] 
             arrays += [(f if len(images) == 1 else f"{f} image {k}", image) for k, image in enumerate(images)]
             labels += [label_of[name]] * len(images)
     spacing = list(spacings.pop()) if len(spacings) == 1 and None not in spacings else None
-    return ImageSet(_stack(arrays), np.asarray(labels, np.int64), names, h.hexdigest(), loc.uri, spacing)
+    return ImageSet(_stack(arrays), np.asarray(labels, np.int64), names, h.hexdigest(), loc.uri,
+                    pixel_spacing=spacing)
 
 
 def _decode(data: bytes, source: str) -> tuple[list[np.ndarray], list[float] | None]:
