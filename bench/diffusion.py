@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--lanes", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch", type=int, default=64, help="rows per batch of the diffusers loop")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
@@ -122,7 +123,7 @@ def main() -> None:
         make_model(model_dir, args.width)
         ckpt = load_checkpoint(model_dir)
         sampler = with_sampler(ckpt.model, for_checkpoint(ckpt.config, "ddim", args.steps, None))
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions:
             limit = raw_limit(sampler, args.count, args.lanes, precision)
             e2e = synthgen_rate(model_dir, args.count, args.steps, precision, scratch)
             loop = diffusers_loop_rate(sampler, args.count, args.batch, precision)

@@ -17,16 +17,22 @@ def fresh(checkpoint: str, **settings) -> mf.Manifest:
     return mf.new_manifest(config, ckpt, fingerprint, checkpoint, parse_label_plan(None, ckpt.class_names))
 
 
-def test_a_new_manifest_sets_exactly_the_identity_fields(tiny_checkpoint):
+def test_a_new_manifest_sets_exactly_the_identity_fields(tiny_checkpoint, tiny_diffusion_checkpoint):
+    # a model that is not a diffusion model has no "sampler" field: its manifest and files stay as 0.6 made them
     for settings in ({}, {"encoding": "raw"}, {"format": "png", "precision": "bf16"}, {"format": "dicom"},
                      {"format": "nifti", "spacing": "0.5"}):
         manifest = fresh(tiny_checkpoint, **settings)
         medical = manifest.job["format"] in ("dicom", "nifti")  # only they record file_encoder and spacing
-        fields = mf.IDENTITY_FIELDS if medical else tuple(f for f in mf.IDENTITY_FIELDS if f not in mf.MEDICAL_FIELDS)
+        absent = {"sampler"} | (set() if medical else set(mf.MEDICAL_FIELDS))
+        fields = tuple(f for f in mf.IDENTITY_FIELDS if f not in absent)
         assert tuple(sorted(manifest.job)) == tuple(sorted(fields))
-        assert manifest.identity() == {**manifest.job, **({} if medical else dict.fromkeys(mf.MEDICAL_FIELDS)),
+        assert manifest.identity() == {**manifest.job, **dict.fromkeys(absent),
                                        "model_fingerprint": manifest.model["fingerprint"]}
         assert manifest.job["inference_form"] == INFERENCE_FORM and manifest.job["parquet_compression"] == "zstd"
+    diffusion = fresh(tiny_diffusion_checkpoint, sampler="heun", steps=3)
+    assert tuple(sorted(diffusion.job)) == tuple(sorted(set(mf.IDENTITY_FIELDS) - set(mf.MEDICAL_FIELDS)))
+    assert diffusion.job["sampler"] == {"sampler": "heun", "steps": 3, "guidance": 1.0, "chunk_rows": 32}
+    assert diffusion.job["inference_form"] == "plain" and diffusion.file_stamp()["job"]["sampler"]["steps"] == 3
     raw, png = fresh(tiny_checkpoint, encoding="raw"), fresh(tiny_checkpoint)
     assert (raw.job["png_encoder"], raw.job["raw_layout"]) == (None, "fixed_size_binary")
     assert png.job["png_encoder"].startswith("imagecodecs-") and png.job["raw_layout"] is None
@@ -39,7 +45,8 @@ def test_the_file_stamp_holds_the_identity_and_no_path(tiny_checkpoint):
     manifest = fresh(tiny_checkpoint)
     manifest.job["made_on"] = {"device": "cpu"}  # recorded once actors run: never in the files' bytes
     stamp = manifest.file_stamp()
-    assert stamp["job"] == {k: manifest.job[k] for k in mf.IDENTITY_FIELDS if k not in mf.MEDICAL_FIELDS}
+    assert stamp["job"] == {k: manifest.job[k] for k in mf.IDENTITY_FIELDS
+                            if k not in mf.MEDICAL_FIELDS and k != "sampler"}
     assert sorted(stamp["model"]) == ["arch", "class_names", "fingerprint", "image_shape"]
     assert tiny_checkpoint not in str(stamp)
 
