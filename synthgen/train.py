@@ -31,7 +31,7 @@ from synthgen.generate.sampling import NonFiniteOutput, generate
 from synthgen.imaging import image_grid, save_png
 from synthgen.models import DCGANConfig, DiffusionConfig, VAEConfig, config_to_dict
 from synthgen.models.dcgan import describe_sizes, upsampling_plan
-from synthgen.models.diffusion import SUPPORTED_SIZES as DIFFUSION_SIZES
+from synthgen.models.diffusion import diffusion_levels
 from synthgen.readers import ImageSet, load_images
 from synthgen.trainers import GANTrainer, Trainer, VAETrainer
 
@@ -88,10 +88,10 @@ class TrainConfig:
         if self.lr is not None and not self.lr > 0:
             raise SynthgenError(f"--lr must be positive, got {self.lr}")
         if self.image_size is not None and self.arch == "diffusion":
-            h, w = self.size_hw()
-            if h != w or h not in DIFFUSION_SIZES:
-                raise SynthgenError(f"--image-size must be one of {', '.join(map(str, DIFFUSION_SIZES))} (square) "
-                                    f"for a diffusion model, got {h}x{w}")
+            if diffusion_levels(*self.size_hw()) is None:
+                raise SynthgenError(f"--image-size {'x'.join(map(str, self.size_hw()))} is not one a diffusion "
+                                    "model makes: sides of 16-512 px that halve exactly down to 8 px or fewer "
+                                    "(28, 32, 64, 128, 256, 256x192, ...)")
         elif self.image_size is not None and upsampling_plan(*self.size_hw()) is None:
             raise SynthgenError(f"--image-size {'x'.join(map(str, self.size_hw()))} is not one the {self.arch} "
                                 f"family makes: {describe_sizes()}")
@@ -223,7 +223,8 @@ def prepare_images(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, l
     """
     _, h, w, c = data.images.shape
     size = config.size_hw() or (h, w)
-    if config.image_size is None and upsampling_plan(h, w) is None:
+    makes = diffusion_levels(h, w) if config.arch == "diffusion" else upsampling_plan(h, w)
+    if config.image_size is None and makes is None:
         raise SynthgenError(f"{data.source}: images are {h}x{w} (HxW), a size the {config.arch} family does not "
                             f"make; pass --image-size H[xW] to resize them ({describe_sizes()})")
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8 or uint16

@@ -18,9 +18,32 @@ from typing import Any
 import torch
 from torch import nn
 
-SUPPORTED_SIZES = (28, 32, 64, 128)
-# levels of the UNet per image size: the lowest resolution is 7 or 8 pixels, where attention runs
-DEFAULT_MULTS = {28: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2), 128: (1, 1, 2, 2, 2)}
+SUPPORTED_SIZES = (28, 32, 64, 128, 256)  # the square sizes tested; other H x W that diffusion_levels takes work too
+# channel multipliers by number of levels: the lowest resolution is 8 pixels or fewer, where attention runs
+DEFAULT_MULTS = {3: (1, 2, 2), 4: (1, 2, 2, 2), 5: (1, 1, 2, 2, 2), 6: (1, 1, 2, 2, 2, 2)}
+MAX_SIDE = 512
+
+
+def diffusion_levels(height: int, width: int) -> int | None:
+    """UNet levels for an H x W image: halve until the shorter side is 8 px or less (28 -> 14 -> 7, 32 -> 16 ->
+    8, 256x192 -> ... -> 8x6); None when a side is under 16 or over MAX_SIDE px or does not halve exactly."""
+    if min(height, width) < 16 or max(height, width) > MAX_SIDE:
+        return None
+    levels, side = 1, min(height, width)
+    while side > 8:
+        side, levels = side / 2, levels + 1
+    step = 2 ** (levels - 1)
+    return levels if height % step == 0 and width % step == 0 and levels in DEFAULT_MULTS else None
+
+
+def image_hw(image_size: int | list[int]) -> tuple[int, int]:
+    """(H, W) of a config's ``image_size``: an int for a square, or [H, W]."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        return image_size, image_size
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in image_size):
+        return int(image_size[0]), int(image_size[1])
+    raise ValueError(f"image_size must be an int or [H, W], got {image_size!r}")
 TRAIN_TIMESTEPS = 1000
 
 
@@ -35,7 +58,7 @@ def default_scheduler() -> dict[str, Any]:
 class DiffusionConfig:
     """Architecture of a diffusion model; saved with the weights, so every field must be JSON-serialisable."""
 
-    image_size: int = 28
+    image_size: int | list[int] = 28  # a square's side, or [H, W]
     channels: int = 1
     num_classes: int = 0  # 0 = unconditional; else labels 0..K-1 and the null class K
     width: int = 64  # channels of the first level
@@ -46,20 +69,23 @@ class DiffusionConfig:
     scheduler: dict[str, Any] = field(default_factory=default_scheduler)
 
     def __post_init__(self) -> None:
-        if self.image_size not in SUPPORTED_SIZES:
-            raise ValueError(f"diffusion image_size must be one of {SUPPORTED_SIZES}, got {self.image_size}")
+        levels = diffusion_levels(*image_hw(self.image_size))
+        if levels is None:
+            raise ValueError(f"diffusion image_size {self.image_size} is not supported: sides of 16-{MAX_SIDE} px "
+                             "that halve exactly down to 8 px or fewer (e.g. 28, 32, 64, 128, 256, 256x192)")
         if self.channels not in (1, 3):
             raise ValueError(f"diffusion channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 0 or self.width < 4 or self.layers_per_block < 1:
             raise ValueError("diffusion num_classes must be >= 0, width >= 4 and layers_per_block >= 1")
-        self.channel_mult = list(self.channel_mult or DEFAULT_MULTS[self.image_size])
-        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+        self.channel_mult = list(self.channel_mult or DEFAULT_MULTS[levels])
+        if any(side % 2 ** (len(self.channel_mult) - 1) for side in image_hw(self.image_size)):
             raise ValueError(f"{len(self.channel_mult)} levels cannot halve {self.image_size} px exactly")
 
     @property
     def latent_dim(self) -> int:
         """Noise per image for a deterministic sampler: one image's worth."""
-        return self.channels * self.image_size * self.image_size
+        height, width = image_hw(self.image_size)
+        return self.channels * height * width
 
     def unet_config(self) -> dict[str, Any]:
         """The diffusers ``UNet2DModel`` config: attention in the last down block, the mid block and the
@@ -67,7 +93,8 @@ class DiffusionConfig:
         chans = [self.width * m for m in self.channel_mult]
         levels = len(chans)
         return {
-            "sample_size": self.image_size, "in_channels": self.channels, "out_channels": self.channels,
+            "sample_size": self.image_size if isinstance(self.image_size, int) else list(self.image_size),
+            "in_channels": self.channels, "out_channels": self.channels,
             "block_out_channels": chans, "layers_per_block": self.layers_per_block,
             "down_block_types": ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D"],
             "up_block_types": ["AttnUpBlock2D"] + ["UpBlock2D"] * (levels - 1),
