@@ -184,9 +184,9 @@ def test_report_does_not_depend_on_the_process_thread_count(copies, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert reports[0] == reports[1] and reports[0]["settings"]["threads"] == EVAL_THREADS
-    one = run(threads=1)
-    fid = lambda r: r["feature_spaces"]["classifier"]["fid_kid"]["fid"]  # noqa: E731
-    assert one["settings"]["threads"] == 1 and fid(one) != fid(reports[0])
+    # --threads is honoured; whether 1 and EVAL_THREADS threads give other sums depends on the CPU's kernels
+    # (they did on the AVX-512 host of 12-02, not on 12-07's), so that is not asserted
+    assert run(threads=1)["settings"]["threads"] == 1
 
 
 def test_cli_eval_and_preview(breast_npz, planted, tmp_path):
