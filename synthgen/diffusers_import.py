@@ -92,7 +92,11 @@ class DiffusersFolder:
 def find(loc: storage.Location) -> DiffusersFolder | None:
     """The diffusers UNet in ``loc``, None when ``loc`` is not a diffusers folder (a synthgen checkpoint, or
     nothing), or a one-line refusal for one synthgen cannot read safely."""
-    if storage.exists(loc, loc.join(PIPELINE_INDEX)):
+    try:
+        pipeline = storage.exists(loc, loc.join(PIPELINE_INDEX))
+    except OSError:  # unreadable (refused credentials, ...): the checkpoint reader says so in one line
+        return None
+    if pipeline:
         unet_dir, scheduler = loc.join("unet"), loc.join("scheduler", SCHEDULER_CONFIG)
     elif _diffusers_config(loc, loc.join(UNET_CONFIG)) is not None:
         unet_dir, scheduler = loc.root, loc.join(SCHEDULER_CONFIG)
