@@ -1,9 +1,9 @@
 """Training data in: MedMNIST-style .npz, a folder of class subfolders, or Parquet (Hugging Face or synthgen).
 
 Every reader returns one :class:`ImageSet` of ``(N, H, W, C)`` images, uint8 (8-bit gray or RGB) or uint16
-(16-bit gray), and int64 labels, plus the sha256 of the bytes it read, so a checkpoint can say exactly which data made it. Paths go through
-:mod:`synthgen.storage`, so ``s3://`` and friends work like local paths. No torch here: readers are
-plain numpy + Pillow + pyarrow.
+(16-bit gray), and int64 labels, plus the sha256 of the bytes it read, so a checkpoint can say exactly which
+data made it. Paths go through :mod:`synthgen.storage`, so ``s3://`` and friends work like local paths. No
+torch here: readers are plain numpy + Pillow + pyarrow.
 
 Anything wrong with the input raises :class:`SynthgenError` naming the file and what to fix, and so does
 anything that cannot be kept exactly (float pixels, 16-bit colour, 32-bit values, 8- and 16-bit images mixed

@@ -88,7 +88,8 @@ class PendingImages:
         self.pixels, self.finite, self.precision, self.copied = pixels, finite, precision, copied
 
     def result(self) -> np.ndarray:
-        """(count, H, W, C) uint8 (uint16 for a 16-bit model), owned by the caller; raises :class:`NonFiniteOutput` for a bad row."""
+        """(count, H, W, C) uint8 (uint16 for a 16-bit model), owned by the caller; raises
+        :class:`NonFiniteOutput` for a bad row."""
         if self.copied is not None:
             self.copied.synchronize()
         finite = self.finite.numpy()  # (count,) bool

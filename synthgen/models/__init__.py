@@ -1,8 +1,9 @@
 """Generator families and the registry that builds one from its saved config.
 
 Built-in families: ``dcgan``, ``vae`` and ``diffusion`` (a denoising UNet sampled by :mod:`diffusion_sampler`;
-``diffusers`` is the same for a UNet2DModel folder imported by :mod:`synthgen.diffusers_import`). A user plugs in an architecture of their own either by calling
-:func:`register` before loading, or by naming a factory ``package.module:factory`` as the architecture. A factory
+``diffusers`` is the same for a UNet2DModel folder imported by :mod:`synthgen.diffusers_import`). A user plugs
+in an architecture of their own either by calling :func:`register` before loading, or by naming a factory
+``package.module:factory`` as the architecture. A factory
 takes the config dict and returns an ``nn.Module`` whose ``forward(z, labels)`` maps ``(B, latent_dim)`` noise
 and ``(B,)`` int64 labels (or ``None``) to ``(B, C, H, W)`` images in [-1, 1].
 

@@ -102,7 +102,7 @@ def test_sample_bundled_default_model(tmp_path: Path) -> None:
 def test_models_lists_the_bundled_model() -> None:
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
-    line = next(l for l in result.output.splitlines() if l.startswith(DEFAULT_MODEL))
+    line = next(row for row in result.output.splitlines() if row.startswith(DEFAULT_MODEL))
     assert "dcgan" in line and "malignant,normal" in line and "1x28x28" in line
     assert load_checkpoint(DEFAULT_MODEL).fingerprint[:12] in line
 
