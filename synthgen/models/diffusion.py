@@ -18,9 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from synthgen.models.dcgan import image_hw
+
 SUPPORTED_SIZES = (28, 32, 64, 128, 256)  # the square sizes tested; other H x W that diffusion_levels takes work too
 # channel multipliers by number of levels: the lowest resolution is 8 pixels or fewer, where attention runs
 DEFAULT_MULTS = {3: (1, 2, 2), 4: (1, 2, 2, 2), 5: (1, 1, 2, 2, 2), 6: (1, 1, 2, 2, 2, 2)}
+TRAIN_TIMESTEPS = 1000
 MAX_SIDE = 512
 
 
@@ -34,17 +37,6 @@ def diffusion_levels(height: int, width: int) -> int | None:
         side, levels = side / 2, levels + 1
     step = 2 ** (levels - 1)
     return levels if height % step == 0 and width % step == 0 and levels in DEFAULT_MULTS else None
-
-
-def image_hw(image_size: int | list[int]) -> tuple[int, int]:
-    """(H, W) of a config's ``image_size``: an int for a square, or [H, W]."""
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        return image_size, image_size
-    if isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in image_size):
-        return int(image_size[0]), int(image_size[1])
-    raise ValueError(f"image_size must be an int or [H, W], got {image_size!r}")
-TRAIN_TIMESTEPS = 1000
 
 
 def default_scheduler() -> dict[str, Any]:

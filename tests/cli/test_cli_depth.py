@@ -11,10 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from synthgen.checkpoint import read_config
-from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset, loader
 from synthgen.dataset import manifest as mf
 from synthgen.imaging import (
@@ -26,18 +24,7 @@ from synthgen.imaging import (
 )
 from synthgen.readers import load_images
 
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
-def run_args(model: str, out: Path, *extra: str) -> list[str]:
-    return ["run", "--count", "300", "--shard-size", "100", "--model", model, "--out", str(out),
-            "--gpus", "0", "--workers", "1", "--no-progress", *extra]
+from test_cli_run import invoke, run_args  # the CLI tests' shared helpers
 
 
 @pytest.fixture(scope="module")
