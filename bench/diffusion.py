@@ -29,13 +29,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import cpu_name  # noqa: E402
+from throughput import cpu_name
 
-from synthgen import __version__  # noqa: E402
-from synthgen.checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint  # noqa: E402
-from synthgen.generate.diffusion_settings import for_checkpoint, with_sampler  # noqa: E402
-from synthgen.generate.sampling import AUTOCAST_DTYPES, to_uint8  # noqa: E402
-from synthgen.models import DiffusionConfig, DiffusionSampler, build_denoiser, config_to_dict  # noqa: E402
+from synthgen import __version__
+from synthgen.checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint
+from synthgen.generate.diffusion_settings import for_checkpoint, with_sampler
+from synthgen.generate.sampling import AUTOCAST_DTYPES, to_uint8
+from synthgen.models import (
+    DiffusionConfig,
+    DiffusionSampler,
+    build_denoiser,
+    config_to_dict,
+)
 
 
 def make_model(out: str, width: int) -> None:
