@@ -215,7 +215,7 @@ class RowGroupReader:
                    png_rows: bool = False) -> dict[int, dict[str, Any]]:
         """Read row groups of one file in one go (:meth:`read`'s columns for each): on an object store their
         column chunks, side by side in the file, come in one coalesced request rather than one per group."""
-        rel, first = self.info.parts[parts[0]][:2]
+        rel = self.info.parts[parts[0]][0]
         if any(self.info.parts[p][0] != rel for p in parts):
             raise ValueError("read_parts: row groups of one file only")
         image_col = "image" if self.info.layout == "parquet" else "file_name"

@@ -111,6 +111,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         The trained classifier, in eval mode.
     """
     config = config or ClassifierConfig()
+    if config.stop not in ("auc", "loss", "none"):  # checked here, not at the first validation many steps in
+        raise ValueError(f"stop must be auc, loss or none, got {config.stop!r}")
     x, y = as_input(images), torch.from_numpy(np.asarray(labels, np.int64))
     val = None if val_images is None else (val_images, np.asarray(val_labels))
     with torch.random.fork_rng(devices=[]):  # init and dropout masks come from the seed; the caller's RNG stays
@@ -164,8 +166,6 @@ def _val_score(model: SmallCNN, val: tuple[np.ndarray, np.ndarray], weights: tor
     proba = predict_proba(model, val[0])  # (N, K)
     if stop == "auc":
         return metrics.roc_auc(val[1], proba)
-    if stop != "loss":
-        raise ValueError(f"stop must be auc, loss or none, got {stop!r}")
     log_p = torch.from_numpy(np.log(np.clip(proba, 1e-12, 1.0)))
     return -float(F.nll_loss(log_p.float(), torch.from_numpy(np.asarray(val[1], np.int64)), weight=weights))
 

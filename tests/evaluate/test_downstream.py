@@ -97,3 +97,9 @@ def test_short_runs_train(breast, steps):
     model = clf.train_classifier(breast.images[:64], breast.labels[:64], 2, 0, config, breast.images[64:96],
                                  breast.labels[64:96])
     assert model.trained["steps"] == steps
+
+
+def test_an_unknown_stopping_rule_is_refused_before_training():
+    with pytest.raises(ValueError, match="stop must be auc, loss or none"):
+        clf.train_classifier(np.zeros((4, 28, 28, 1), np.uint8), np.array([0, 1, 0, 1]), 2, 0,
+                             clf.ClassifierConfig(stop="nne"))
