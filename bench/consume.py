@@ -8,7 +8,9 @@ with libpng (imagecodecs, image by image into one array); ``decode-limit-pillow`
 HF datasets and ImageFolder readers use); ``batch-decode`` synthgen's own batch decoder for the stored-block
 PNGs of its Parquet shards (what its loader uses); ``raw-limit`` = processes turning uint8 pixels in memory
 into float batches (no decode). Peak RSS: of the main process and of the largest worker. Prints one JSON line per
-measurement and writes them all to ``--out``. ``--epoch DIR`` instead reads one shuffled epoch of DIR.
+measurement and writes them all to ``--out``. Whole-epoch DataLoader paths also read a second epoch with the same
+loader (``next_epoch_images_per_s``: what a training loop's later epochs see, worker start-up paid). ``--epoch
+DIR`` instead reads one shuffled epoch of DIR.
 """
 
 from __future__ import annotations
@@ -221,13 +223,18 @@ def measure_round(args, round_no: int, s3_uri: str | None, hf) -> list[dict]:
             with PeakMemory() as peak:
                 batches = make()
                 rate, seen = timed(batches, images)
+                # a training loop's later epochs: persistent workers already started, their reads warm
+                again = timed(batches, None) if images is None and isinstance(batches, DataLoader) else None
                 del batches
-            rows.append(record(round_no, workers, name, rate, seen, peak))
+            rows.append(record(round_no, workers, name, rate, seen, peak, again))
     return rows
 
 
-def record(round_no: int, workers: int, path: str, rate: float, seen: int = 0, peak: PeakMemory | None = None):
+def record(round_no: int, workers: int, path: str, rate: float, seen: int = 0, peak: PeakMemory | None = None,
+           again: tuple[float, int] | None = None):
     row = {"round": round_no, "workers": workers, "path": path, "images_per_s": round(rate)}
+    if again is not None:  # images_per_s: the first epoch, start-up included; next_epoch: the one after it
+        row["next_epoch_images_per_s"] = round(again[0])
     if peak is not None:
         row.update(images=seen, peak_main_mib=peak.main >> 20, peak_worker_mib=peak.worker >> 20)
     print(json.dumps(row), flush=True)

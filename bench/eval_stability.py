@@ -27,17 +27,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
+    parser.add_argument("--group", type=int, default=5, help="also: the spread of the mean over consecutive "
+                        "groups of this many seeds (what `synthgen eval --repeats G` reports as TRTR)")
+    parser.add_argument("--merge", nargs="+", help="instead: summarise these --out files of one setting together")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--stop", default="auc", choices=["auc", "loss", "none"], help="ClassifierConfig.stop")
     parser.add_argument("--patience", type=int, default=clf.ClassifierConfig.patience)
     args = parser.parse_args()
+    if args.merge:
+        runs = sorted((r for f in args.merge for r in json.load(open(f))["runs"]), key=lambda r: r["seed"])
+        return print(json.dumps(group_summary(runs, args.group)))
     torch.set_num_threads(args.threads)
     train, test = load_images(args.data, "train"), load_images(args.data, "test")
     val_official = load_images(args.data, "val")
     fit, val = validation_split(train.labels)
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         wall, cpu = time.perf_counter(), time.process_time()
         config = clf.ClassifierConfig(stop=args.stop, patience=args.patience)
         model = clf.train_classifier(train.images[fit], train.labels[fit], len(train.class_names), seed, config,
@@ -54,11 +61,20 @@ def main() -> None:
                "official_val_auc_mean": float(val_aucs.mean()), "official_val_auc_spread": float(np.ptp(val_aucs)),
                "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor()
                or platform.machine(), "test_auc_mean": float(aucs.mean()), "test_auc_spread": float(np.ptp(aucs)),
-               "cpu_s_per_classifier": float(np.mean([r["cpu_s"] for r in rows])), "runs": rows}
+               "cpu_s_per_classifier": float(np.mean([r["cpu_s"] for r in rows])), **group_summary(rows, args.group),
+               "runs": rows}
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(summary, f, indent=1)
+
+
+def group_summary(rows: list[dict], group: int) -> dict:
+    """Per-classifier spread, and the spread of the mean test AUC over disjoint groups of ``group`` seeds."""
+    aucs = np.array([r["test_auc"] for r in rows])
+    means = [float(aucs[i:i + group].mean()) for i in range(0, len(aucs) - group + 1, group)]
+    return {"classifiers": len(aucs), "classifier_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
+            "group": group, "group_means": means, "group_mean_spread": float(np.ptp(means)) if means else None}
 
 
 if __name__ == "__main__":

@@ -213,21 +213,17 @@ class RowGroupReader:
 
     def read_parts(self, parts: list[int], meta: tuple[str, ...] = ("index", "seed", "label"),
                    png_rows: bool = False) -> dict[int, dict[str, Any]]:
-        """Read row groups of one file in one go (:meth:`read`'s columns for each): on an object store their
-        column chunks, side by side in the file, come in one coalesced request rather than one per group."""
+        """Read row groups of one file in one go (:meth:`read`'s columns for each): on an object store the
+        byte span of their column chunks (consecutive groups lie side by side) comes in one ranged request."""
         rel = self.info.parts[parts[0]][0]
         if any(self.info.parts[p][0] != rel for p in parts):
             raise ValueError("read_parts: row groups of one file only")
         image_col = "image" if self.info.layout == "parquet" else "file_name"
         handle, footer = self._open(rel)
-        # pre_buffer: coalesced reads of the groups' columns (a request each on object stores)
-        parquet = pq.ParquetFile(handle, metadata=footer, pre_buffer=not self.loc.is_local)
-        columns = [image_col, *meta]
-        if not self.loc.is_local:  # also the columns between them: a gap between two ranges costs a request
-            names = footer.schema.to_arrow_schema().names
-            at = sorted(names.index(c) for c in columns)
-            columns = names[at[0]:at[-1] + 1]
-        table = parquet.read_row_groups([self.info.parts[p][1] for p in parts], columns=columns)
+        groups = [self.info.parts[p][1] for p in parts]
+        source = handle if self.loc.is_local else storage.ByteSpan.fetch(handle, *_byte_span(footer, groups))
+        parquet = pq.ParquetFile(source, metadata=footer, pre_buffer=False)
+        table = parquet.read_row_groups(groups, columns=[image_col, *meta])
         out, start = {}, 0
         for part in parts:
             rows = self.info.parts[part][2]
@@ -267,6 +263,13 @@ class RowGroupReader:
                 img.load()
                 return self.transform(img), int(cols["label"][k])
         return to_tensor(self.image(cols, k)), int(cols["label"][k])
+
+
+def _byte_span(footer: pq.FileMetaData, groups: list[int]) -> tuple[int, int]:
+    """[start, stop) in the file of every column chunk of ``groups`` (consecutive groups lie side by side)."""
+    chunks = [footer.row_group(g).column(c) for g in groups for c in range(footer.num_columns)]
+    starts = [c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in chunks]
+    return min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks))
 
 
 def _columns(table: pa.Table, image_col: str, meta: tuple[str, ...], png_rows: bool) -> dict[str, Any]:

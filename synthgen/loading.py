@@ -14,7 +14,6 @@ transforms, e.g. ``RandFlipd(keys="image")``).
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,39 +37,40 @@ TRANSFER_BYTES = 8 << 20  # a worker hands over whole batches about this large a
 
 
 class _GroupFetcher:
-    """Row groups of one process, read a block at a time (:func:`read_blocks`) by a small thread pool and kept
-    while they may still be needed."""
+    """Row groups of one process, read by a small thread pool and kept while they may still be needed. The
+    groups wanted at once that belong to one block (:func:`read_blocks`) are read together, in one request on
+    an object store; a worker reads only the groups of its own spans, not the whole block."""
 
     def __init__(self, reader: RowGroupReader, blocks: np.ndarray, capacity: int):
-        edges = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1], True])
-        self.members = [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]  # groups of each block
-        self.reader, self.capacity = reader, math.ceil(capacity * len(self.members) / max(1, len(blocks)))
-        self.block_of = np.repeat(np.arange(len(self.members)), np.diff(edges))  # (groups,)
-        self._blocks: OrderedDict[int, Future] = OrderedDict()
+        self.reader, self.blocks, self.capacity = reader, np.asarray(blocks), capacity
+        self._groups: OrderedDict[int, Future] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
         self._pid = -1
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_blocks": OrderedDict(), "_pool": None, "_pid": -1}
+        return {**self.__dict__, "_groups": OrderedDict(), "_pool": None, "_pid": -1}
 
     def get(self, parts: list[int], ahead: tuple[int, ...]) -> dict[int, dict[str, Any]]:
         """The columns of ``parts`` (waiting for them); ``ahead`` starts loading without waiting."""
         if self._pid != os.getpid():  # a forked worker must not use its parent's threads
-            self._pool, self._blocks, self._pid = ThreadPoolExecutor(READ_THREADS), OrderedDict(), os.getpid()
-        needed = list(dict.fromkeys(int(self.block_of[p]) for p in parts))
-        wanted = list(dict.fromkeys([*needed, *(int(self.block_of[p]) for p in ahead)]))
-        for block in wanted:
-            if block not in self._blocks:
-                self._blocks[block] = self._pool.submit(self._read, block)
-            self._blocks.move_to_end(block)
-        stale = [block for block in self._blocks if block not in set(wanted)]  # least recently asked for first
-        for block in stale[:max(0, len(self._blocks) - max(self.capacity, len(wanted)))]:
-            del self._blocks[block]
-        read = {block: self._blocks[block].result() for block in needed}
-        return {part: read[int(self.block_of[part])][part] for part in parts}
+            self._pool, self._groups, self._pid = ThreadPoolExecutor(READ_THREADS), OrderedDict(), os.getpid()
+        wanted = list(dict.fromkeys([*parts, *(int(g) for g in ahead)]))
+        missing: dict[int, list[int]] = {}
+        for group in wanted:
+            if group not in self._groups:
+                missing.setdefault(int(self.blocks[group]), []).append(group)
+        for members in missing.values():
+            read = self._pool.submit(self._read, sorted(members))
+            self._groups.update((group, read) for group in members)
+        for group in wanted:
+            self._groups.move_to_end(group)
+        stale = [group for group in self._groups if group not in set(wanted)]  # least recently asked for first
+        for group in stale[:max(0, len(self._groups) - max(self.capacity, len(wanted)))]:
+            del self._groups[group]
+        return {part: self._groups[part].result()[part] for part in parts}
 
-    def _read(self, block: int) -> dict[int, dict[str, Any]]:
-        groups = self.reader.read_parts(self.members[block], meta=("label",), png_rows=True)
+    def _read(self, members: list[int]) -> dict[int, dict[str, Any]]:
+        groups = self.reader.read_parts(members, meta=("label",), png_rows=True)
         for cols in groups.values():
             cols["label"] = np.asarray(cols["label"], dtype=np.int64)
             if "file_name" in cols and "pixels" not in cols:  # the PNG tree: files read here, so read ahead too

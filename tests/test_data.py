@@ -220,3 +220,21 @@ def test_other_parquet_is_refused_when_opened_not_when_read(tmp_path, breast):
     pq.write_table(table, tmp_path / "hf" / "data" / "train-0.parquet")
     with pytest.raises(SynthgenError, match="train-0.parquet: no index, seed column"):
         SyntheticImageDataset(tmp_path / "hf")
+
+
+def test_row_groups_parse_from_one_fetched_byte_span(tmp_path):
+    """What the loader does on object stores: one ranged read of consecutive row groups, parsed at the file's
+    own offsets; a read outside the span is an error, not wrong bytes."""
+    from synthgen.data import _byte_span
+
+    table = pa.table({"image": [bytes([k]) * 50 for k in range(40)], "label": list(range(40))})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=10)
+    local = pa.OSFile(str(tmp_path / "t.parquet"))
+    footer = pq.ParquetFile(local).metadata
+    start, stop = _byte_span(footer, [1, 2])
+    span = storage.ByteSpan.fetch(local, start, stop)
+    got = pq.ParquetFile(span, metadata=footer, pre_buffer=False).read_row_groups([1, 2])
+    assert got.equals(table.slice(10, 20))
+    assert stop - start < local.size() / 2  # only those two groups were fetched
+    with pytest.raises(OSError, match="outside the fetched span"):
+        pq.ParquetFile(span, metadata=footer, pre_buffer=False).read_row_groups([3])
