@@ -220,6 +220,8 @@ def measure_round(args, round_no: int, s3_uri: str | None, hf) -> list[dict]:
         rows.append(record(round_no, workers, "batch-decode", limit("batch", workers, args.limit_images)))
         rows.append(record(round_no, workers, "raw-limit", limit("raw", workers, args.limit_images)))
         for name, (make, images) in paths(args, workers, s3_uri, hf).items():
+            if args.only and args.only not in name:
+                continue
             with PeakMemory() as peak:
                 batches = make()
                 rate, seen = timed(batches, images)
@@ -267,6 +269,7 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="also Ray Data (with 2 workers)")
     parser.add_argument("--epoch", help="instead: one shuffled epoch of this dataset, 2 workers")
     parser.add_argument("--epoch-cache", action="store_true", help="that epoch through the decoded cache")
+    parser.add_argument("--only", help="time only the paths whose names contain this text (the limits always)")
     parser.add_argument("--out", default="consume.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # no OpenMP pool in this process: the limit pools and DataLoader workers fork it
@@ -279,7 +282,7 @@ def main() -> None:
     loader(args.parquet, cache=args.cache)
     print(json.dumps({"decoded_cache_ready_s": round(time.perf_counter() - start, 1)}), flush=True)
     start = time.perf_counter()
-    hf = hf_torch(args.parquet, os.path.join(args.cache, "hf"))
+    hf = hf_torch(args.parquet, os.path.join(args.cache, "hf")) if not args.only or args.only in "HF datasets" else None
     print(json.dumps({"hf_load_dataset_s": round(time.perf_counter() - start, 1)}), flush=True)
     s3, s3_uri = start_s3(args.parquet, Path(args.out).with_suffix(".moto.log")) if args.s3 else (None, None)
     if args.ray:
