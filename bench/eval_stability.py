@@ -34,7 +34,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--stop", default="auc", choices=["auc", "loss", "none"], help="ClassifierConfig.stop")
-    parser.add_argument("--patience", type=int, default=clf.ClassifierConfig.patience)
+    parser.add_argument("--patience", type=int, default=clf.ClassifierConfig.patience,
+                        help="ClassifierConfig.patience (default: none, the whole schedule)")
+    parser.add_argument("--seed-list", type=lambda s: [int(x) for x in s.split(",")],
+                        help="instead of --first-seed/--seeds: these seeds")
     args = parser.parse_args()
     if args.merge:
         runs = sorted((r for f in args.merge for r in json.load(open(f))["runs"]), key=lambda r: r["seed"])
@@ -44,7 +47,7 @@ def main() -> None:
     val_official = load_images(args.data, "val")
     fit, val = validation_split(train.labels)
     rows = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for seed in args.seed_list or range(args.first_seed, args.first_seed + args.seeds):
         wall, cpu = time.perf_counter(), time.process_time()
         config = clf.ClassifierConfig(stop=args.stop, patience=args.patience)
         model = clf.train_classifier(train.images[fit], train.labels[fit], len(train.class_names), seed, config,

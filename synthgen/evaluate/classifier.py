@@ -1,4 +1,4 @@
-"""The downstream classifier behind TRTR / TSTR / real + synthetic, trained until it stops improving.
+"""The downstream classifier behind TRTR / TSTR / real + synthetic: whole schedules, best validation checkpoint kept.
 
 A verdict about synthetic data is only as steady as the classifier that gives it, so every classifier of an
 evaluation is trained the same way: class-weighted loss (it cannot settle on the majority class), flips and
@@ -60,7 +60,9 @@ class ClassifierConfig:
     embed_dim: int = 64
     ema: float = 0.98  # per-step decay of the weight average that is validated and kept
     check_every: int = 50  # steps between validations
-    patience: int = 6  # validations without a better score before stopping
+    # validations without a better score before stopping early; None: run the whole schedule and keep the best
+    # (stopping early quit BreastMNIST runs in a plateau before the learning rate annealed: docs/evaluation.md)
+    patience: int | None = None
     stop: str = "auc"  # keep the EMA weights of the best validation "auc" or "loss", or "none": the last ones
     shift: int = 2  # pixels of random translation
 
@@ -103,7 +105,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         seed: initialisation, batch order and augmentations (the global torch RNG is left as it was).
         config: steps, schedule and sizes.
         val_images, val_labels: real images held out of training; the EMA weights with the best AUC on them
-            are returned, and training stops after ``patience`` checks without a better one. Without them the
+            are returned (training stops after ``patience`` checks without a better one, if set). Without them the
             EMA weights after ``steps`` steps are returned.
         init: start from these weights (fine-tuning) instead of a seeded initialisation.
 
@@ -152,7 +154,7 @@ def _fit(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, weights: torch.Tenso
             best_state = {k: v.clone() for k, v in average.module.state_dict().items()}
         else:
             stale += 1
-            if stale >= config.patience:
+            if config.patience is not None and stale >= config.patience:
                 break
     final = average.module
     if best_state is not None:
