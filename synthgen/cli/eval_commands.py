@@ -21,8 +21,8 @@ def eval_(
                                             )] = 5000,
     k: Annotated[int, typer.Option("--k", help="Neighbours for the precision/recall manifolds.")] = 3,
     classifier_steps: Annotated[int, typer.Option(
-        help="Most optimiser steps of each classifier; each stops earlier once its AUC on a validation part "
-             "of the real training split stops rising.")] = 1000,
+        help="Optimiser steps of each classifier; it keeps the weights of its best AUC on a validation part "
+             "of the real training split.")] = 1000,
     repeats: Annotated[int, typer.Option(help="Classifier seeds per arm (--seed, --seed + 1, ...): the "
                                               "downstream AUCs come with 95% bootstrap intervals over them.")] = 5,
     recipe: Annotated[str, typer.Option(

@@ -23,7 +23,7 @@ class EvalConfig:
     seed: int = 0
     max_images: int = 5000
     k: int = 3
-    classifier_steps: int = 1000  # at most; each classifier stops earlier when validation AUC stops rising
+    classifier_steps: int = 1000  # each classifier keeps the weights of its best validation AUC
     inception_weights: str | None = None
     copy_ratio: float = COPY_RATIO
     threads: int = EVAL_THREADS
