@@ -14,6 +14,7 @@ transforms, e.g. ``RandFlipd(keys="image")``).
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -234,6 +235,16 @@ def _shape(png: np.ndarray) -> tuple[int, int, int]:
     return decode_pngs([png.tobytes()]).shape[1:]
 
 
+def _fixed_mmap_threshold(_worker_id: int) -> None:
+    """glibc raises its mmap threshold whenever a large block is freed; after that a worker's ~8 MiB transfer
+    units come from the heap, which then grows with the rows read (971 MiB per worker over 1M images, 432 MiB
+    with the threshold fixed: docs/benchmarks.md). Fix it at 1 MiB in each worker (M_MMAP_THRESHOLD = -3)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own rules
+
+
 def _only_batch(batches: list[tuple[Any, Any]]) -> tuple[Any, Any]:
     return batches[0]  # __getitems__ collates already
 
@@ -279,4 +290,5 @@ def synthetic_loader(path_or_uri: str | Path, batch_size: int = 256, shuffle: bo
                                    num_workers, drop_last, group, blocks)
     dataset = SyntheticBatches(info, decoded, transform, batch_transform, dict_transforms, dtype, window, blocks)
     return SyntheticLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_only_batch,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                           pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                           worker_init_fn=_fixed_mmap_threshold)
