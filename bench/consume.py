@@ -161,6 +161,7 @@ def ray_batches(parquet_dir: str, images: int):
 
 
 _RAW = np.empty((0, 28, 28, 1), np.uint8)
+HF_PATH = "HF datasets .with_format('torch'), shuffle=True"
 
 
 def start_s3(parquet_dir: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -196,8 +197,7 @@ def paths(args, workers: int, s3_uri: str | None, hf) -> dict:
             lambda: DataLoader(SyntheticImageDataset(p), BATCH, shuffle=True, num_workers=workers), n // 16),
         "IterableSyntheticDataset(shuffle=True)": (
             lambda: DataLoader(IterableSyntheticDataset(p, shuffle=True), BATCH, num_workers=workers), None),
-        "HF datasets .with_format('torch'), shuffle=True": (
-            lambda: DataLoader(hf, BATCH, shuffle=True, num_workers=workers, collate_fn=_hf_collate), n // 4),
+        HF_PATH: (lambda: DataLoader(hf, BATCH, shuffle=True, num_workers=workers, collate_fn=_hf_collate), n // 4),
     }
     if s3_uri:
         table["synthgen loader, s3:// (moto) shuffled (window 16)"] = (lambda: loader(s3_uri, BATCH, True, workers),
@@ -282,7 +282,7 @@ def main() -> None:
     loader(args.parquet, cache=args.cache)
     print(json.dumps({"decoded_cache_ready_s": round(time.perf_counter() - start, 1)}), flush=True)
     start = time.perf_counter()
-    hf = hf_torch(args.parquet, os.path.join(args.cache, "hf")) if not args.only or args.only in "HF datasets" else None
+    hf = hf_torch(args.parquet, os.path.join(args.cache, "hf")) if not args.only or args.only in HF_PATH else None
     print(json.dumps({"hf_load_dataset_s": round(time.perf_counter() - start, 1)}), flush=True)
     s3, s3_uri = start_s3(args.parquet, Path(args.out).with_suffix(".moto.log")) if args.s3 else (None, None)
     if args.ray:

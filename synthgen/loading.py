@@ -65,7 +65,8 @@ class _GroupFetcher:
             self._groups.update((group, read) for group in members)
         for group in wanted:
             self._groups.move_to_end(group)
-        stale = [group for group in self._groups if group not in set(wanted)]  # least recently asked for first
+        keep = set(wanted)
+        stale = [group for group in self._groups if group not in keep]  # least recently asked for first
         for group in stale[:max(0, len(self._groups) - max(self.capacity, len(wanted)))]:
             del self._groups[group]
         return {part: self._groups[part].result()[part] for part in parts}

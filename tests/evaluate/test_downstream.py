@@ -90,6 +90,22 @@ def test_classifier_is_seeded_and_stops_on_validation(breast):
     assert weights[0] > weights[1]  # malignant is the rarer class here
 
 
+def test_by_default_a_classifier_runs_its_whole_schedule_and_keeps_its_best_checkpoint(breast):
+    """Early stopping quit runs in a plateau before the learning rate annealed (docs/evaluation.md)."""
+    fit, val = validation_split(breast.labels)
+
+    def run(patience: int | None) -> clf.SmallCNN:
+        config = clf.ClassifierConfig(steps=100, check_every=10, patience=patience)
+        return clf.train_classifier(breast.images[fit], breast.labels[fit], 2, 0, config, breast.images[val],
+                                    breast.labels[val])
+
+    whole, early = run(None), run(1)
+    assert clf.ClassifierConfig().patience is None
+    assert whole.trained["steps"] == 100 and early.trained["steps"] < 100
+    # the same trajectory, seen longer: its best checkpoint is at least as good on the validation part
+    assert whole.trained["val_auc"] >= early.trained["val_auc"]
+
+
 @pytest.mark.parametrize("steps", [1, 3, 10])
 def test_short_runs_train(breast, steps):
     """--classifier-steps 10 crashed in the learning-rate schedule (a zero-length warm-up)."""
