@@ -19,7 +19,7 @@ import torch
 
 from synthgen.evaluate import classifier as clf
 from synthgen.evaluate import metrics
-from synthgen.evaluate.downstream import validation_split
+from synthgen.splits import validation_split
 from synthgen.readers import load_images
 
 

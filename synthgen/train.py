@@ -33,6 +33,7 @@ from synthgen.models import DCGANConfig, DiffusionConfig, VAEConfig, config_to_d
 from synthgen.models.dcgan import describe_sizes, upsampling_plan
 from synthgen.models.diffusion import diffusion_levels
 from synthgen.readers import ImageSet, load_images
+from synthgen.splits import real_share_rows
 from synthgen.trainers import GANTrainer, Trainer, VAETrainer
 
 ARCHS = ("dcgan", "vae", "diffusion")
@@ -76,6 +77,7 @@ class TrainConfig:
     split: str = "train"
     data_license: str | None = None  # what the training data's terms are (e.g. CC-BY-4.0); None: not declared
     data_citation: str | None = None  # how to cite the training data
+    real_share: float | None = None  # train on eval's --real-fractions share of the fit part (synthgen.splits)
 
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
@@ -105,6 +107,8 @@ class TrainConfig:
             raise SynthgenError("--resume and --overwrite contradict each other; pick one")
         if not 0 <= self.seed < 2**63:
             raise SynthgenError(f"--seed must be in [0, 2**63), got {self.seed}")
+        if self.real_share is not None and not 0 < self.real_share <= 1:
+            raise SynthgenError(f"--real-share must be in (0, 1], got {self.real_share:g}")
         for flag, value in (("--data-license", self.data_license), ("--data-citation", self.data_citation)):
             if value is not None and not value.strip():
                 raise SynthgenError(f"{flag} must not be empty; leave it out when the terms are unknown")
@@ -162,7 +166,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """
     config.check()
     _check_out(config)
-    data = load_images(config.data, config.split)
+    data = _real_share(load_images(config.data, config.split), config.real_share)
     device = training_device(config.device)
     images, class_names = prepare_images(data, config)
     if len(images) < 2:
@@ -283,6 +287,8 @@ def _declared(config: TrainConfig, data: ImageSet, shape: tuple[int, ...]) -> di
     it had before synthgen recorded these: the data's license and citation (``--data-license``,
     ``--data-citation``; the dataset card reads them) and its pixel spacing at the training size."""
     out: dict[str, Any] = {}
+    if config.real_share is not None:
+        out["real_share"] = config.real_share
     if config.data_license is not None:
         out["data_license"] = config.data_license.strip()
     if config.data_citation is not None:
@@ -292,6 +298,14 @@ def _declared(config: TrainConfig, data: ImageSet, shape: tuple[int, ...]) -> di
         row, col = data.pixel_spacing
         out["pixel_spacing"] = [round(row * h / int(shape[1]), 6), round(col * w / int(shape[2]), 6)]
     return out
+
+
+def _real_share(data: ImageSet, share: float | None) -> ImageSet:
+    """The images ``synthgen eval --real-fractions share`` gives its classifiers, when ``share`` is set."""
+    if share is None:
+        return data
+    rows = real_share_rows(data.labels, share)
+    return replace(data, images=data.images[rows], labels=data.labels[rows])
 
 
 def _check_width(arch_config: DCGANConfig | VAEConfig) -> None:
@@ -331,6 +345,9 @@ def _resumed_config(config: TrainConfig, fresh: ckpt.CheckpointConfig,
         problems.append(f"--arch is {fresh.arch} but the checkpoint is {saved.arch}")
     if saved.training.get("data_sha256") != fresh.training["data_sha256"]:
         problems.append("--data differs from the data it was trained on (sha256 changed)")
+    if saved.training.get("real_share") != fresh.training.get("real_share"):
+        problems.append(f"--real-share is {fresh.training.get('real_share')} but the run was trained with "
+                        f"{saved.training.get('real_share')}")
     if saved.image_shape != fresh.image_shape or saved.class_names != fresh.class_names:
         problems.append(f"the image shape/classes differ ({saved.image_shape} {saved.class_names} vs "
                         f"{fresh.image_shape} {fresh.class_names})")

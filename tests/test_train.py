@@ -17,6 +17,7 @@ import torch
 from synthgen import train as train_module
 from synthgen.checkpoint import load_checkpoint, load_training_state, read_config
 from synthgen.errors import Stopped, SynthgenError, restore_handlers, stop_on_signals, stops_held
+from synthgen.splits import fit_share, real_share_rows, validation_split
 from synthgen.train import TrainConfig, default_epochs, train
 
 SMALL = {"width": 32, "latent_dim": 16, "batch_size": 32, "device": "cpu"}
@@ -148,6 +149,27 @@ def test_resume_refuses_other_arch_or_data(breast_small: str, breast_npz: str, t
         train(_config(breast_small, tmp_path / "fresh", epochs=1, resume=True), progress=False)
 
 
+def test_a_real_share_trains_on_the_images_eval_gives_its_classifiers_at_that_share(
+        breast_small: str, tmp_path: Path) -> None:
+    out = tmp_path / "share"
+    train(_config(breast_small, out, arch="vae", epochs=1, real_share=0.25), progress=False)
+    with np.load(breast_small) as d:
+        labels = d["train_labels"].reshape(-1)
+    fit, val = validation_split(labels)
+    rows = fit[fit_share(labels[fit], 0.25)]  # what eval's downstream._fraction trains on
+    assert np.array_equal(real_share_rows(labels, 0.25), rows) and not set(rows) & set(val)
+    config = read_config(str(out))
+    assert config.training["real_share"] == 0.25 and config.training["num_images"] == len(rows) < len(fit) // 3
+    assert "real_share" not in read_config(_trained_whole(breast_small, tmp_path)).training  # fingerprints kept
+    with pytest.raises(SynthgenError, match="--real-share is 0.5 but the run was trained with 0.25"):
+        train(_config(breast_small, out, arch="vae", epochs=2, real_share=0.5, resume=True), progress=False)
+
+
+def _trained_whole(data: str, tmp_path: Path) -> str:
+    train(_config(data, tmp_path / "whole", arch="vae", epochs=1), progress=False)
+    return str(tmp_path / "whole")
+
+
 def test_one_image_is_too_few_to_train_on(breast_small: str, tmp_path: Path) -> None:
     with np.load(breast_small) as d:
         np.savez(tmp_path / "one.npz", train_images=d["train_images"][:1], train_labels=d["train_labels"][:1])
@@ -160,6 +182,7 @@ def test_one_image_is_too_few_to_train_on(breast_small: str, tmp_path: Path) -> 
     ({"batch_size": 1}, "--batch-size must be at least 2"),
     ({"arch": "gan"}, "--arch"), ({"image_size": 30}, "--image-size"), ({"lr": 0.0}, "--lr"),
     ({"class_names": ["only-one"]}, "--class-names"), ({"width": 2}, "--width"),
+    ({"real_share": 0.0}, "--real-share"), ({"real_share": 1.5}, "--real-share"),
 ])
 def test_bad_settings_name_the_flag(breast_small: str, tmp_path: Path, changes: dict, flag: str) -> None:
     with pytest.raises(SynthgenError, match=flag):

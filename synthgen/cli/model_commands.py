@@ -54,6 +54,10 @@ def train(
                                                         "on every dataset card (default: unknown).")] = None,
     data_citation: Annotated[Optional[str], typer.Option("--data-citation", help="How to cite the training "
                                                          "data; stored and stated the same way.")] = None,
+    real_share: Annotated[Optional[float], typer.Option("--real-share", help="Train on only this share (0-1] of "
+                                                        "the training split: exactly the images that synthgen "
+                                                        "eval --real-fractions gives its classifiers at that "
+                                                        "share, for a fair low-data comparison.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a checkpoint already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -67,7 +71,8 @@ def train(
     config = TrainConfig(data=data, out=out, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, image_size=size, latent_dim=latent_dim, width=width,
                          class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
-                         split=split, data_license=data_license, data_citation=data_citation)
+                         split=split, data_license=data_license, data_citation=data_citation,
+                         real_share=real_share)
     previous = stop_on_signals((signal.SIGINT, signal.SIGTERM))  # held while an epoch is being saved
     try:
         with user_errors():

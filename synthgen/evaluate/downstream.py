@@ -16,24 +16,7 @@ from synthgen.evaluate import classifier as clf
 from synthgen.evaluate import intervals, metrics
 from synthgen.evaluate.data import EvalData
 from synthgen.recipes import Recipe, synthetic_rows
-
-VAL_FRACTION = 0.15
-_SPLIT_SEED = 20260  # the fit/validation cut depends on the data only, not on --seed
-
-
-def stratified_part(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted rows of a stratified share ``fraction`` of ``labels`` (at least one row of each class)."""
-    rng, rows = np.random.default_rng(seed), []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        rows.append(members[:max(1, round(len(members) * fraction))])
-    return np.sort(np.concatenate(rows))
-
-
-def validation_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, validation rows) of the real training split."""
-    val = stratified_part(labels, VAL_FRACTION, _SPLIT_SEED)
-    return np.setdiff1d(np.arange(len(labels)), val), val
+from synthgen.splits import fit_share, validation_split
 
 
 class _Trainer:
@@ -101,8 +84,7 @@ def _fraction(trainer: _Trainer, recipe: Recipe, seed: int, repeats: int, fracti
               whole: dict[str, list[np.ndarray]]) -> dict:
     """AUC on a share of the real fit images, without and with synthetic images (``recipe``); share 1 is
     the main comparison (``whole``), not trained again."""
-    part = stratified_part(trainer.fit_y, fraction, _SPLIT_SEED + 1) if fraction < 1 else \
-        np.arange(len(trainer.fit_y))
+    part = fit_share(trainer.fit_y, fraction)
     x, y = trainer.fit_x[part], trainer.fit_y[part]
     arms: dict[str, list[np.ndarray]] = whole if fraction == 1 else {"real": [], recipe.name: []}
     for s in range(seed, seed + repeats) if fraction < 1 else ():

@@ -32,8 +32,9 @@ from synthgen.evaluate import features as fx
 from synthgen.evaluate import metrics
 from synthgen.evaluate.config import COPY_RATIO, EvalConfig
 from synthgen.evaluate.data import EvalData, load_eval_data
-from synthgen.evaluate.downstream import downstream, validation_split
+from synthgen.evaluate.downstream import downstream
 from synthgen.evaluate.figures import draw_memorization, draw_report
+from synthgen.splits import validation_split
 
 WORST_PAIRS = 16
 CLOSE_RMSE = 0.02  # pixel RMSE (0-1 scale) under which two images look the same: about 5 of 255 grey levels

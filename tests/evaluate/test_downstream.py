@@ -9,7 +9,7 @@ from torch.utils.data import ConcatDataset
 from synthgen.data import RealImageDataset
 from synthgen.evaluate import classifier as clf
 from synthgen.evaluate import intervals, metrics
-from synthgen.evaluate.downstream import validation_split
+from synthgen.splits import validation_split
 from synthgen.recipes import Recipe, parse_recipe, recipe_datasets, synthetic_rows
 
 

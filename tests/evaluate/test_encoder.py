@@ -6,7 +6,7 @@ import numpy as np
 
 from synthgen.evaluate import encoder as enc
 from synthgen.evaluate import metrics
-from synthgen.evaluate.downstream import stratified_part
+from synthgen.splits import stratified_part
 from synthgen.readers import load_images
 
 QUICK = enc.EncoderConfig(steps=300)  # half the default: enough to see the collapse, quicker on CPU
