@@ -213,24 +213,29 @@ def data_terms(model: str | None, config: CheckpointConfig) -> dict[str, str]:
     """The license and citation of the data ``model`` was trained on, and where they were declared.
 
     Returns:
-        ``{"license", "citation", "declared_in"}``: from ``config.training`` (``synthgen train --data-license
-        / --data-citation``), else from ``data_terms.json`` beside the checkpoint, else "unknown" for both
-        (``declared_in`` "config.json", "data_terms.json" or "nowhere").
+        ``{"license", "citation", "declared_in"}``: each from ``config.training`` (``synthgen train
+        --data-license / --data-citation``), else from ``data_terms.json`` beside the checkpoint, else
+        "unknown" (``declared_in`` "config.json", "data_terms.json", both joined by " + ", or "nowhere").
     """
     training = config.training or {}
-    if training.get("data_license") or training.get("data_citation"):
-        return {"license": training.get("data_license") or UNKNOWN,
-                "citation": training.get("data_citation") or UNKNOWN, "declared_in": CONFIG_FILE}
+    given = {"license": training.get("data_license"), "citation": training.get("data_citation")}
+    beside = _terms_file(model) if not all(given.values()) else {}
+    terms, sources = {}, []
+    for key, value in given.items():
+        source = CONFIG_FILE if value else DATA_TERMS_FILE if beside.get(key) else None
+        terms[key] = str(value or beside.get(key) or UNKNOWN)
+        sources += [source] if source and source not in sources else []
+    return {**terms, "declared_in": " + ".join(sources) or "nowhere"}
+
+
+def _terms_file(model: str | None) -> dict:
     loc = storage.locate(resolve(model))
     path = loc.join(DATA_TERMS_FILE)
     try:
         raw = json.loads(storage.read_bytes(loc, path)) if storage.exists(loc, path) else None
     except (OSError, ValueError) as err:
         raise SynthgenError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(raw, dict):
-        return {"license": UNKNOWN, "citation": UNKNOWN, "declared_in": "nowhere"}
-    return {"license": str(raw.get("license") or UNKNOWN), "citation": str(raw.get("citation") or UNKNOWN),
-            "declared_in": DATA_TERMS_FILE}
+    return raw if isinstance(raw, dict) else {}
 
 
 def load_checkpoint(model: str | None = None, device: str = "cpu", allow_import: bool = False) -> Checkpoint:

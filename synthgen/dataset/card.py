@@ -134,7 +134,7 @@ def _declared(terms: dict[str, str]) -> str:
     if where == "nowhere":
         return ("nobody declared them: train with `--data-license` and `--data-citation`, or put `data_terms.json` "
                 "beside the checkpoint; until then, find out before you share this dataset")
-    return f"in the checkpoint's `{where}`"
+    return "in the checkpoint's " + " and ".join(f"`{name}`" for name in where.split(" + "))
 
 
 def _hf_license(value: str) -> str:

@@ -70,6 +70,9 @@ def test_terms_in_config_json_win_and_odd_licenses_are_other_in_the_front_matter
     config = read_config(str(model))
     config.training.update(data_license="MIT", data_citation="Them")
     assert data_terms(str(model), config) == {"license": "MIT", "citation": "Them", "declared_in": "config.json"}
+    config.training.pop("data_citation")  # a license in config.json, the citation beside it
+    assert data_terms(str(model), config) == {"license": "MIT", "citation": "Me",
+                                              "declared_in": "config.json + data_terms.json"}
 
 
 def test_eval_leaves_a_summary_the_card_quotes_for_this_dataset_only(tmp_path, tiny_checkpoint):
@@ -94,5 +97,8 @@ def test_eval_of_an_unfinished_or_foreign_dataset_writes_nothing(tmp_path, tiny_
     assert not (tmp_path / "eval.json").exists() and not (tmp_path / "README.md").exists()
 
 
-def test_the_bundled_terms_file_ships_with_the_package():
-    assert (bundled_root() / "breastmnist-dcgan" / "data_terms.json").is_file()
+@pytest.mark.parametrize("name", ["breastmnist-dcgan", "retinamnist-dcgan"])
+def test_the_bundled_terms_file_ships_with_the_package(name):
+    assert (bundled_root() / name / "data_terms.json").is_file()
+    terms = data_terms(name, read_config(name))
+    assert terms["license"] == "CC-BY-4.0" and "MedMNIST v2" in terms["citation"]
