@@ -1,6 +1,8 @@
 """PNG figures for ``synthgen eval`` and ``synthgen preview``, drawn with Pillow alone (no matplotlib).
 
-- the report figure: real and synthetic samples per class, then the [0, 1] metrics as bars and FID/KID as text;
+- the report figure: real and synthetic samples per class, then the [0, 1] metrics as bars and FID/KID as text,
+  and with ``--real-fractions`` the data-efficiency chart (test AUC against real images, without and with
+  synthetic ones, 95% intervals as whiskers);
 - the memorization figure: the synthetic images closest to a training image, each beside that image;
 - the contact sheet: the first images of each class of a dataset.
 """
@@ -77,6 +79,52 @@ def _bars(values: list[tuple], width: int) -> Image.Image:
     return img
 
 
+CHART_H = 230
+REAL_COLOUR, SYNTHETIC_COLOUR = (210, 110, 30), (70, 110, 190)  # orange: never a gray sample pixel
+
+
+def _efficiency_chart(rows: list[dict], width: int) -> Image.Image:
+    """Test AUC against the number of real training images (log scale), real only and with the recipe's
+    synthetic images; each point's 95% interval is a whisker."""
+    img = Image.new("RGB", (width, CHART_H), "white")
+    draw, font = ImageDraw.Draw(img), ImageFont.load_default()
+    left, right, top, bottom = 60, width - 20, 36, CHART_H - 34  # the plot area
+    series = [("real only", "real", REAL_COLOUR, -4),
+              (f"real + synthetic ({rows[0]['recipe']})", rows[0]["recipe"], SYNTHETIC_COLOUR, 4)]
+    values = [v for r in rows for _, arm, _, _ in series for v in (r["arms"][arm]["low"], r["arms"][arm]["high"])]
+    lo, hi = np.floor(min(values) / 0.05 - 0.2) * 0.05, np.ceil(max(values) / 0.05 + 0.2) * 0.05
+    lo, hi = max(0.0, lo), min(1.0, hi)  # a 0.05 grid around every interval
+    counts = np.log([r["real_images"] for r in rows])
+    span = float(counts.max() - counts.min()) or 1.0
+
+    def xy(count: float, auc: float) -> tuple[int, int]:
+        x = left + 30 + (right - left - 60) * ((count - counts.min()) / span if len(rows) > 1 else 0.5)
+        return int(x), int(bottom - (bottom - top) * (auc - lo) / (hi - lo))
+
+    draw.text((PAD, 2), "test AUC against real training images (log scale), mean and 95% interval", fill="black",
+              font=font)
+    draw.rectangle((left, top, right, bottom), outline=(180, 180, 180))
+    for tick in np.arange(lo, hi + 1e-9, 0.05 if hi - lo <= 0.3 else 0.1):
+        y = xy(counts.min(), tick)[1]
+        draw.line((left - 4, y, left, y), fill="black")
+        draw.text((PAD + 10, y - 6), f"{tick:.2f}", fill="black", font=font)
+    for r, c in zip(rows, counts):
+        x = xy(c, lo)[0]
+        draw.text((x - 20, bottom + 4), f"{r['real_images']} ({r['fraction']:g})", fill="black", font=font)
+    for i, (label, arm, colour, dx) in enumerate(series):
+        points = [(xy(c, r["arms"][arm]["auc"])[0] + dx, xy(c, r["arms"][arm]["auc"])[1]) for r, c in zip(rows, counts)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for (x, y), r, c in zip(points, rows, counts):
+            y_low, y_high = xy(c, r["arms"][arm]["low"])[1], xy(c, r["arms"][arm]["high"])[1]
+            draw.line((x, y_low, x, y_high), fill=colour, width=1)
+            draw.rectangle((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        draw.rectangle((left + 10 + 230 * i, 20, left + 18 + 230 * i, 28), fill=colour)
+        draw.text((left + 24 + 230 * i, 18), label, fill=colour, font=font)
+    draw.text((right - 150, bottom + 18), "real training images (share)", fill="black", font=font)
+    return img
+
+
 def _class_blocks(train: ImageSet, names: list[str], synthetic: np.ndarray, labels: np.ndarray
                   ) -> list[Image.Image]:
     scale, blocks = _scale(train.images.shape[1]), []
@@ -130,7 +178,9 @@ def draw_report(report: dict, train: ImageSet, synthetic: np.ndarray, labels: np
     width = max(max(b.width for b in blocks), 230 + BAR_W + 60)
     lines, bars = _metric_lines(report)
     title = f"synthgen eval: {report['synthetic']['path']} vs {report['real']['path']}"
-    _stack([_text([title], width), *blocks, _text(lines, width), _bars(bars, width)]).save(path, format="PNG")
+    charts = [_efficiency_chart(report["downstream"]["real_fractions"], width)] \
+        if report["downstream"].get("real_fractions") else []
+    _stack([_text([title], width), *blocks, _text(lines, width), _bars(bars, width), *charts]).save(path, format="PNG")
 
 
 def draw_memorization(pairs: list[dict], synthetic: np.ndarray, synthetic_index: np.ndarray,

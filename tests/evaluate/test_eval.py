@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from synthgen.cli import app
 from synthgen.data import SyntheticImageDataset
 from synthgen.errors import SynthgenError
-from synthgen.evaluate import metrics
+from synthgen.evaluate import figures, metrics
 from synthgen.evaluate.config import EvalConfig
 from synthgen.evaluate.features import EVAL_THREADS
 from synthgen.evaluate.report import evaluate
@@ -260,6 +260,24 @@ def test_cli_recipes_and_real_fractions(breast_npz, copies, tmp_path):
     stages = [r["arm"] for r in down["classifier_runs"] if r["seed"] == 0]
     assert stages[:5] == ["real", "synthetic", "topup", "pretrain (synthetic stage)", "pretrain"]
     assert "real + synthetic (pretrain) - real: " in result.output and "0.25 of the real images" in result.output
+    from PIL import Image
+    with Image.open(out.with_suffix(".png")) as figure:  # the data-efficiency chart is drawn in it
+        assert (np.asarray(figure.convert("RGB")) == figures.REAL_COLOUR).all(axis=2).sum() > 50
+
+
+@pytest.mark.parametrize("better", ["real", "topup"])
+def test_the_data_efficiency_chart_draws_the_better_arm_higher(better):
+    def arms(real: float, synthetic: float) -> dict:
+        return {"real": {"auc": real, "low": real - 0.03, "high": real + 0.03},
+                "topup": {"auc": synthetic, "low": synthetic - 0.03, "high": synthetic + 0.03}}
+    high, low = 0.9, 0.7
+    rows = [{"fraction": f, "real_images": n, "recipe": "topup",
+             "arms": arms(high, low) if better == "real" else arms(low, high)} for f, n in ((0.1, 46), (1, 464))]
+    chart = np.asarray(figures._efficiency_chart(rows, 700))[40:]  # below the legend
+    heights = {name: np.nonzero((chart == colour).all(axis=2))[0].mean()
+               for name, colour in (("real", figures.REAL_COLOUR), ("topup", figures.SYNTHETIC_COLOUR))}
+    other = "topup" if better == "real" else "real"
+    assert heights[better] < heights[other] - 50  # image rows grow downwards
 
 
 def test_eval_reads_a_dicom_dataset_and_leaves_its_results_on_the_card(breast_npz, tiny_checkpoint, ray_local,
