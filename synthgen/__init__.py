@@ -1,3 +1,3 @@
 """synthgen: train image generators, then mass-produce deterministic synthetic datasets on Ray."""
 
-__version__ = "0.7.1"
+__version__ = "0.8.0"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthgen import __version__, storage
 from synthgen.dataset.files import encoder_name
-from synthgen.dataset.format import PARQUET_COMPRESSION, RAW_LAYOUT
+from synthgen.dataset.format import PARQUET_COMPRESSION, PARQUET_DICTIONARY, RAW_LAYOUT
 from synthgen.errors import SynthgenError
 from synthgen.generate import diffusion_settings, plan
 from synthgen.imaging import PNG_MARKING, png_encoder_name, png_settings
@@ -29,16 +29,18 @@ FORMAT_VERSION = 1
 # The fields that decide every byte of a dataset; a re-run must match them to resume.
 IDENTITY_FIELDS = ("count", "seed", "shard_size", "format", "encoding", "precision", "inference_form", "labels",
                    "png_encoder", "parquet_compression", "raw_layout", "png_marking", "file_encoder", "spacing",
-                   "sampler")
+                   "sampler", "parquet_dictionary")
 # What datasets written before a field was recorded did: synthgen 0.1.0 sampled the model as loaded, and
 # before 0.3.0 every Parquet file was snappy-compressed; raw_layout is filled in by Manifest.identity.
-# Before 0.7.0 no PNG carried the synthetic marking (imaging.PNG_MARKING).
+# Before 0.7.0 no PNG carried the synthetic marking (imaging.PNG_MARKING); before 0.8.0 pyarrow chose each
+# column's dictionary encoding.
 # Recorded by --format dicom and nifti only (synthgen 0.7); None for the other formats, whose manifests and
 # Parquet files leave them out, so their bytes stay what earlier versions wrote. "sampler" holds a diffusion
 # model's sampler settings (generate.diffusion_settings) and is left out for other models.
 MEDICAL_FIELDS = ("file_encoder", "spacing")
 BEFORE_RECORDED = {"inference_form": "plain", "png_encoder": None, "parquet_compression": "snappy",
-                   "png_marking": None, "file_encoder": None, "spacing": None, "sampler": None}
+                   "png_marking": None, "file_encoder": None, "spacing": None, "sampler": None,
+                   "parquet_dictionary": "pyarrow default"}
 # Where the bytes were made (generate.provenance.made_on): known once the actors run, so kept beside the identity
 # and out of the files' bytes; absent in datasets made before synthgen recorded it ("not recorded").
 MADE_ON = "made_on"
@@ -142,7 +144,8 @@ def new_manifest(config: RunConfig, checkpoint: CheckpointConfig, fingerprint: s
     job = {"count": config.count, "seed": config.seed, "shard_size": config.shard_size, "format": config.format,
            "encoding": config.encoding, "precision": config.precision, "inference_form": form, "sampler": sampler,
            "labels": labels.to_json(), "png_encoder": png_encoder_name(png_settings(config.format)) if png else None,
-           "parquet_compression": PARQUET_COMPRESSION, "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None,
+           "parquet_compression": PARQUET_COMPRESSION,
+           "parquet_dictionary": PARQUET_DICTIONARY, "raw_layout": RAW_LAYOUT if config.encoding == "raw" else None,
            "png_marking": PNG_MARKING if png else None}
     if config.format in ("dicom", "nifti"):  # the format is the encoding: no PNG inside
         job.update(encoding=config.format, file_encoder=encoder_name(config.format),

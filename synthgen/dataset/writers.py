@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from synthgen import storage
 from synthgen.dataset.format import (
-    PARQUET_COMPRESSION,
+    PARQUET_OPTIONS,
     RAW_DTYPES,
     UNLABELED_NAME,
     Layout,
@@ -71,7 +71,7 @@ class ShardWriter:
         self._atomic = storage.open_atomic(loc, self.path)
         self._hashing = _Hashing(self._atomic.__enter__())
         schema = self.schema if self.schema is not None else png_meta_schema(layout.format)
-        self._parquet = pq.ParquetWriter(self._hashing, schema, compression=PARQUET_COMPRESSION)
+        self._parquet = pq.ParquetWriter(self._hashing, schema, **PARQUET_OPTIONS)
 
     def add(self, indices: np.ndarray, seeds: np.ndarray, labels: np.ndarray,
             images: list[bytes] | np.ndarray) -> None:
@@ -170,7 +170,7 @@ def write_png_metadata(loc: storage.Location, shard_files: list[str], class_name
     schema = schema.set(schema.get_field_index("seed"), pa.field("seed", pa.string()))
     schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
     with storage.open_atomic(loc, path) as out:
-        writer = pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION)
+        writer = pq.ParquetWriter(out, schema, **PARQUET_OPTIONS)
         for name in shard_files:
             with loc.fs.open_input_file(loc.join(name)) as f:
                 writer.write_table(pq.read_table(f).cast(schema))  # uint64 seeds -> decimal strings

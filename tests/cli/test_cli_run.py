@@ -105,6 +105,7 @@ def test_overwrite_refuses_to_delete_a_users_file_inside_the_dataset(dataset, ti
 @pytest.mark.parametrize("field, before, now", [
     ("inference_form", "plain", INFERENCE_FORM),  # synthgen 0.1.0 sampled the model as loaded
     ("parquet_compression", "snappy", "zstd"),  # before 0.3.0
+    ("parquet_dictionary", "pyarrow default", "none"),  # before 0.8.0
 ])
 def test_a_dataset_from_an_older_release_is_not_resumed(dataset, tiny_checkpoint, tmp_path, field, before, now):
     old = tmp_path / "old"
