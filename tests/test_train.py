@@ -17,7 +17,7 @@ import torch
 from synthgen import train as train_module
 from synthgen.checkpoint import load_checkpoint, load_training_state, read_config
 from synthgen.errors import Stopped, SynthgenError, restore_handlers, stop_on_signals, stops_held
-from synthgen.splits import fit_share, real_share_rows, validation_split
+from synthgen.splits import real_share_rows, validation_split
 from synthgen.train import TrainConfig, default_epochs, train
 
 SMALL = {"width": 32, "latent_dim": 16, "batch_size": 32, "device": "cpu"}
@@ -156,8 +156,10 @@ def test_a_real_share_trains_on_the_images_eval_gives_its_classifiers_at_that_sh
     with np.load(breast_small) as d:
         labels = d["train_labels"].reshape(-1)
     fit, val = validation_split(labels)
-    rows = fit[fit_share(labels[fit], 0.25)]  # what eval's downstream._fraction trains on
-    assert np.array_equal(real_share_rows(labels, 0.25), rows) and not set(rows) & set(val)
+    rows = real_share_rows(labels, 0.25)
+    assert set(rows) <= set(fit) and not set(rows) & set(val)  # a share of the fit part, never validation
+    for c in (0, 1):  # stratified: a quarter of each class's fit rows
+        assert (labels[rows] == c).sum() == max(1, round((labels[fit] == c).sum() * 0.25))
     config = read_config(str(out))
     assert config.training["real_share"] == 0.25 and config.training["num_images"] == len(rows) < len(fit) // 3
     assert "real_share" not in read_config(_trained_whole(breast_small, tmp_path)).training  # fingerprints kept

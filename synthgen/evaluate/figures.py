@@ -112,7 +112,7 @@ def _efficiency_chart(rows: list[dict], width: int) -> Image.Image:
         x = xy(c, lo)[0]
         draw.text((x - 20, bottom + 4), f"{r['real_images']} ({r['fraction']:g})", fill="black", font=font)
     for i, (label, arm, colour, dx) in enumerate(series):
-        points = [(xy(c, r["arms"][arm]["auc"])[0] + dx, xy(c, r["arms"][arm]["auc"])[1]) for r, c in zip(rows, counts)]
+        points = [(x + dx, y) for x, y in (xy(c, r["arms"][arm]["auc"]) for r, c in zip(rows, counts))]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         for (x, y), r, c in zip(points, rows, counts):

@@ -22,6 +22,7 @@ from synthgen.evaluate import figures, metrics
 from synthgen.evaluate.config import EvalConfig
 from synthgen.evaluate.features import EVAL_THREADS
 from synthgen.evaluate.report import evaluate
+from synthgen.splits import real_share_rows
 
 STEPS = "40"
 runner = CliRunner()
@@ -257,6 +258,8 @@ def test_cli_recipes_and_real_fractions(breast_npz, copies, tmp_path):
     assert all(len(arm["per_seed"]) == 2 and arm["low"] <= arm["high"] for arm in down["arms"].values())
     assert [row["fraction"] for row in down["real_fractions"]] == [0.25, 1.0]
     assert down["real_fractions"][0]["real_images"] == 31 + 85  # a quarter of each class's fit part (125, 339)
+    with np.load(breast_npz) as d:  # the images synthgen train --real-share 0.25 trains a generator on
+        assert len(real_share_rows(d["train_labels"].reshape(-1), 0.25)) == 31 + 85
     stages = [r["arm"] for r in down["classifier_runs"] if r["seed"] == 0]
     assert stages[:5] == ["real", "synthetic", "topup", "pretrain (synthetic stage)", "pretrain"]
     assert "real + synthetic (pretrain) - real: " in result.output and "0.25 of the real images" in result.output
