@@ -1,11 +1,13 @@
-"""Train a DCGAN, VAE or diffusion generator on an image set and save it as a synthgen checkpoint after every epoch.
+"""Train a DCGAN, VAE or diffusion generator on an image set and save it as a synthgen checkpoint as it goes.
 
 Seeded and reproducible on CPU: one ``torch.Generator`` shuffles, another draws the noise, and the global
-RNG (dropout) is seeded too; all three are saved with the optimisers each epoch, so ``resume`` continues
-exactly where an uninterrupted run would be. On CUDA, training uses autocast + GradScaler (fp16).
+RNG (dropout) is seeded too; all three are saved with the optimisers at each checkpoint, so ``resume``
+continues exactly where an uninterrupted run would be. On CUDA, training uses autocast + GradScaler (fp16).
 
 Checkpoints land in ``out`` through :mod:`synthgen.checkpoint` (config.json + model.safetensors, plus the
-training state), with a sample grid ``samples/epoch-NNN.png`` per epoch for eyeballing progress.
+training state), with a sample grid ``samples/epoch-NNN.png`` per checkpoint for eyeballing progress. A
+checkpoint is written after the last epoch and, before it, every ``save_every`` epochs or, by default, once a
+minute: a stop loses at most the epochs since the last one.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ GAN_STEPS, GAN_MAX_EPOCHS = 20_000, 1_000
 DIFFUSION_STEPS, DIFFUSION_MAX_EPOCHS = 20_000, 2_000
 GRID_COLUMNS = 8
 GRID_SCALE = 3
+# without --save-every: save after the first epoch ending this long after the last save. On small sets an
+# epoch takes well under a second and saving (weights, optimiser state, sample grid) cost more than training.
+SAVE_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -78,6 +83,7 @@ class TrainConfig:
     data_license: str | None = None  # what the training data's terms are (e.g. CC-BY-4.0); None: not declared
     data_citation: str | None = None  # how to cite the training data
     real_share: float | None = None  # train on eval's --real-fractions share of the fit part (synthgen.splits)
+    save_every: int | None = None  # epochs between checkpoints; None: every SAVE_INTERVAL_S (always the last)
 
     def check(self) -> None:
         """Refuse impossible settings, naming the flag."""
@@ -107,6 +113,8 @@ class TrainConfig:
             raise SynthgenError("--resume and --overwrite contradict each other; pick one")
         if not 0 <= self.seed < 2**63:
             raise SynthgenError(f"--seed must be in [0, 2**63), got {self.seed}")
+        if self.save_every is not None and self.save_every < 1:
+            raise SynthgenError(f"--save-every must be a positive number of epochs, got {self.save_every}")
         if self.real_share is not None and not 0 < self.real_share <= 1:
             raise SynthgenError(f"--real-share must be in (0, 1], got {self.real_share:g}")
         for flag, value in (("--data-license", self.data_license), ("--data-citation", self.data_citation)):
@@ -155,7 +163,7 @@ class TrainResult:
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train (or resume training) a generator and checkpoint it after every epoch.
+    """Train (or resume training) a generator, checkpointing it as it goes and after the last epoch.
 
     Args:
         config: data, output directory, architecture and hyper-parameters.
@@ -185,12 +193,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     history = _resume(config, meta, trainer) if config.resume else []
     labels = torch.from_numpy(data.labels) if meta.conditional else None
     started, fingerprint = time.perf_counter(), ""
+    last_save = started
     for epoch in range(len(history) + 1, config.epochs + 1):
         bar = tqdm(total=len(images), desc=f"epoch {epoch}/{config.epochs}", unit="img",
                    disable=not progress, leave=False)
         with bar:
             history.append(trainer.run_epoch(images, labels, config.batch_size, bar))
-        fingerprint = _save_epoch(config, meta, trainer, history)
+        if _save_due(config, epoch, last_save):
+            fingerprint = _save_epoch(config, meta, trainer, history)
+            last_save = time.perf_counter()
         if progress:
             tqdm.write(f"epoch {epoch}/{config.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items()))
     if not fingerprint:  # resumed a run that was already complete: report what is on disk
@@ -377,6 +388,16 @@ def _make_trainer(config: TrainConfig, meta: ckpt.CheckpointConfig, device: torc
     trainer = cls(meta.model_config, lr=config.setting("lr"), seed=config.seed, device=device)
     trainer.bit_depth = meta.bit_depth
     return trainer
+
+
+def _save_due(config: TrainConfig, epoch: int, last_save: float) -> bool:
+    """Whether to checkpoint after ``epoch``. Saving never changes the weights (its RNGs are its own), so the
+    last epoch's checkpoint is the same whichever epochs were saved before it."""
+    if epoch == config.epochs:
+        return True
+    if config.save_every is not None:
+        return epoch % config.save_every == 0
+    return time.perf_counter() - last_save >= SAVE_INTERVAL_S
 
 
 def _save_epoch(config: TrainConfig, meta: ckpt.CheckpointConfig, trainer: Trainer,

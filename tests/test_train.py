@@ -46,7 +46,7 @@ def test_gan_trains_and_writes_everything(breast_small: str, tmp_path: Path) -> 
         assert set(epoch) == {"loss_d", "loss_g"}
         assert all(np.isfinite(v) and v > 0 for v in epoch.values())
     for name in ("config.json", "model.safetensors", "training_state.safetensors", "training_state.json",
-                 "samples/epoch-001.png", "samples/epoch-002.png"):
+                 "samples/epoch-002.png"):
         assert (out / name).is_file(), name
     config = read_config(str(out))
     assert config.class_names == ["malignant", "normal"] and config.image_shape == [1, 28, 28]
@@ -74,6 +74,25 @@ def test_same_seed_same_model_other_seed_differs(breast_small: str, tmp_path: Pa
     # the config records the data path, which differs between a and b; compare the weights instead
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert a.losses == b.losses
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "diffusion"])
+def test_saving_less_often_gives_the_same_weights(breast_small: str, tmp_path: Path, arch: str) -> None:
+    small = {"width": 8, "latent_dim": None} if arch == "diffusion" else {}
+    every = train(_config(breast_small, tmp_path / "every", arch=arch, epochs=3, save_every=1, **small),
+                  progress=False)
+    default = train(_config(breast_small, tmp_path / "default", arch=arch, epochs=3, **small), progress=False)
+    second = train(_config(breast_small, tmp_path / "second", arch=arch, epochs=3, save_every=2, **small),
+                   progress=False)
+    assert every.fingerprint == default.fingerprint == second.fingerprint
+    assert every.losses == default.losses == second.losses
+    grids = {run: sorted(p.name for p in (tmp_path / run / "samples").iterdir())
+             for run in ("every", "default", "second")}
+    assert grids == {"every": ["epoch-001.png", "epoch-002.png", "epoch-003.png"],
+                     "default": ["epoch-003.png"],  # three quick epochs: under the interval, only the last
+                     "second": ["epoch-002.png", "epoch-003.png"]}
+    with pytest.raises(SynthgenError, match="--save-every must be a positive"):
+        train(_config(breast_small, tmp_path / "zero", save_every=0), progress=False)
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "vae"])
@@ -205,7 +224,7 @@ def test_resize_and_unconditional(breast_small: str, tmp_path: Path) -> None:
 def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str, tmp_path: Path) -> None:
     out = tmp_path / "model"
     args = [sys.executable, "-m", "synthgen", "train", "--data", breast_npz, "--out", str(out), "--epochs", "40",
-            "--width", "16", "--batch-size", "64", "--quiet"]
+            "--width", "16", "--batch-size", "64", "--save-every", "1", "--quiet"]
     trainer = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
@@ -215,7 +234,7 @@ def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str
     trainer.send_signal(stop)
     _, err = trainer.communicate(timeout=60)
     assert trainer.returncode == 128 + stop
-    assert err.strip().splitlines()[-1] == (f"interrupted; {out} keeps the last finished epoch, if one finished: "
+    assert err.strip().splitlines()[-1] == (f"interrupted; {out} keeps the last saved epoch, if one was saved: "
                                             "run the same command with --resume to continue")
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

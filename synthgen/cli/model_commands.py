@@ -58,11 +58,15 @@ def train(
                                                         "the training split: exactly the images that synthgen "
                                                         "eval --real-fractions gives its classifiers at that "
                                                         "share, for a fair low-data comparison.")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Save a checkpoint every N epochs "
+                                                      "(default: after the first epoch that ends a minute or "
+                                                      "more after the last save); the last epoch is always "
+                                                      "saved.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a checkpoint already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train a generator and save a checkpoint (plus samples/epoch-NNN.png) after every epoch."""
+    """Train a generator, saving a checkpoint (plus samples/epoch-NNN.png) as it goes and after the last epoch."""
     from synthgen.train import TrainConfig
     from synthgen.train import train as run_training
 
@@ -72,13 +76,13 @@ def train(
                          device=device, image_size=size, latent_dim=latent_dim, width=width,
                          class_names=names, conditional=conditional, resume=resume, overwrite=overwrite,
                          split=split, data_license=data_license, data_citation=data_citation,
-                         real_share=real_share)
+                         real_share=real_share, save_every=save_every)
     previous = stop_on_signals((signal.SIGINT, signal.SIGTERM))  # held while an epoch is being saved
     try:
         with user_errors():
             result = run_training(config, progress=not quiet)
     except KeyboardInterrupt as stop:
-        typer.echo(f"interrupted; {out} keeps the last finished epoch, if one finished: run the same command "
+        typer.echo(f"interrupted; {out} keeps the last saved epoch, if one was saved: run the same command "
                    "with --resume to continue", err=True)
         raise typer.Exit(exit_status(stop)) from None
     finally:
