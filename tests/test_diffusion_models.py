@@ -51,6 +51,14 @@ def test_every_supported_size_and_channel_count_runs(size: int, channels: int) -
             assert out.shape == (2, channels, size, size) and out.abs().max() <= 1
 
 
+def test_a_large_non_square_image_gets_six_levels_down_to_8x6() -> None:
+    config = DiffusionConfig(image_size=[256, 192], **TINY)
+    assert len(config.channel_mult) == 6
+    model = build_generator("diffusion", {"image_size": [256, 192], "channels": 1, "num_classes": 0, **TINY}).eval()
+    with torch.no_grad():
+        assert model.shape_probe(torch.randn(1, model.latent_dim)).shape == (1, 1, 256, 192)
+
+
 def test_attention_runs_at_the_lowest_resolution_only() -> None:
     unet = DiffusionConfig(image_size=64, **TINY).unet_config()
     assert unet["down_block_types"] == ["DownBlock2D"] * 3 + ["AttnDownBlock2D"]

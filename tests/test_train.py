@@ -223,7 +223,7 @@ def test_resize_and_unconditional(breast_small: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    args = [sys.executable, "-m", "synthgen", "train", "--data", breast_npz, "--out", str(out), "--epochs", "40",
+    args = [sys.executable, "-m", "synthgen", "train", "--data", breast_npz, "--out", str(out), "--epochs", "12",
             "--width", "16", "--batch-size", "64", "--save-every", "1", "--quiet"]
     trainer = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -238,7 +238,7 @@ def test_a_stopped_training_says_how_to_resume_and_resumes(stop, breast_npz: str
                                             "run the same command with --resume to continue")
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert read_config(str(out)).training["epochs"] == 40
+    assert read_config(str(out)).training["epochs"] == 12
 
 
 def test_a_stop_while_an_epoch_is_saved_waits_for_the_save() -> None:

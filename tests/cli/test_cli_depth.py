@@ -188,22 +188,23 @@ def test_larger_and_non_square_models_train_and_run(tmp_path, ray_local, arch, s
 
 @pytest.mark.slow
 def test_a_non_square_diffusion_model_trains_and_runs(tmp_path, ray_local):
-    """256x192 16-bit images keep their size and depth in a diffusion model too (6 UNet levels: 8x6 at the bottom)."""
+    """128x96 16-bit images keep their size and depth in a diffusion model too (5 UNet levels: 8x6 at the bottom;
+    256x192's six levels: tests/test_diffusion_models.py)."""
     rng = np.random.default_rng(1)
-    images = rng.integers(0, 65535, (8, 256, 192), dtype=np.uint16)
+    images = rng.integers(0, 65535, (8, 128, 96), dtype=np.uint16)
     np.savez(tmp_path / "src.npz", train_images=images, train_labels=np.arange(8) % 2)
     model = tmp_path / "m"
     trained = invoke("train", "--data", str(tmp_path / "src.npz"), "--out", str(model), "--arch", "diffusion",
                      "--epochs", "1", "--width", "8", "--batch-size", "4", "--device", "cpu", "-q")
     assert trained.exit_code == 0, trained.output
-    assert read_config(str(model)).image_shape == [1, 256, 192] and read_config(str(model)).bit_depth == 16
+    assert read_config(str(model)).image_shape == [1, 128, 96] and read_config(str(model)).bit_depth == 16
     out = tmp_path / "ds"
     ran = invoke("run", "--count", "4", "--model", str(model), "--out", str(out), "--gpus", "0", "--workers", "1",
                  "--steps", "2", "--no-progress")
     assert ran.exit_code == 0, ran.output
     assert invoke("show", str(out), "--index", "3").exit_code == 0
     pixels, _, _ = SyntheticImageDataset(str(out)).arrays()
-    assert pixels.shape == (4, 256, 192, 1) and pixels.dtype == np.uint16
+    assert pixels.shape == (4, 128, 96, 1) and pixels.dtype == np.uint16
     bad = invoke("train", "--data", str(tmp_path / "src.npz"), "--out", str(tmp_path / "x"), "--arch", "diffusion",
                  "--image-size", "100x60", "-q")
     assert bad.exit_code != 0 and "--image-size 100x60 is not one a diffusion" in bad.output
