@@ -80,12 +80,14 @@ def raw_limit(sampler, count: int, lanes: int, precision: str) -> float:
         torch.set_num_threads(threads)
 
 
-def synthgen_rate(model: str, count: int, steps: int, precision: str, scratch: str) -> float:
+def synthgen_rate(model: str, count: int, steps: int, batch: int, precision: str, scratch: str) -> float:
     from synthgen.generate.config import RunConfig
     from synthgen.generate.engine import run
 
+    # the loop's batch size: with the CPU default (256) a small count is one batch, and one lane idles
     config = RunConfig(count=count, out=os.path.join(scratch, f"ds-{precision}"), model=model, shard_size=count,
-                       precision=precision, steps=steps, gpus=0, workers=1, progress=False, address="local")
+                       batch_size=batch, precision=precision, steps=steps, gpus=0, workers=1, progress=False,
+                       address="local")
     return run(config).images_per_second
 
 
@@ -130,7 +132,7 @@ def main() -> None:
         sampler = with_sampler(ckpt.model, for_checkpoint(ckpt.config, "ddim", args.steps, None))
         for precision in args.precisions:
             limit = raw_limit(sampler, args.count, args.lanes, precision)
-            e2e = synthgen_rate(model_dir, args.count, args.steps, precision, scratch)
+            e2e = synthgen_rate(model_dir, args.count, args.steps, args.batch, precision, scratch)
             loop = diffusers_loop_rate(sampler, args.count, args.batch, precision)
             rows += [{"what": "raw UNet limit", "precision": precision, "images_per_second": limit},
                      {"what": "synthgen run", "precision": precision, "images_per_second": e2e,
