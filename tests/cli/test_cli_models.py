@@ -107,6 +107,26 @@ def test_models_lists_the_bundled_model() -> None:
     assert load_checkpoint(DEFAULT_MODEL).fingerprint[:12] in line
 
 
+def test_the_bundled_diffusion_model_is_listed_samples_and_matches_its_card(tmp_path: Path) -> None:
+    from synthgen.checkpoint import bundled_root, data_terms, read_config
+
+    name = "breastmnist-diffusion"
+    listed = runner.invoke(app, ["models"])
+    line = next(row for row in listed.output.splitlines() if row.startswith(name))
+    fingerprint = load_checkpoint(name).fingerprint
+    assert "diffusion" in line and "malignant,normal" in line and fingerprint[:12] in line
+    assert f"`{fingerprint}`" in (bundled_root() / name / "README.md").read_text()  # the card names these weights
+    terms = data_terms(name, read_config(name))  # from config.json: no data_terms.json beside it
+    assert terms["license"] == "CC-BY-4.0" and "MedMNIST v2" in terms["citation"]
+    grid = tmp_path / "diffusion.png"
+    result = runner.invoke(app, ["sample", "--model", name, "--out", str(grid), "--count", "4", "--sampler",
+                                 "dpm++", "--steps", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with Image.open(grid) as img:
+        pixels = np.asarray(img)
+    assert pixels.std() > 10  # real content, not a blank sheet
+
+
 def test_train_missing_data(tmp_path: Path) -> None:
     _error(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o"), *TINY],
            "nope.npz", "--data")
