@@ -77,22 +77,26 @@ def test_same_seed_same_model_other_seed_differs(breast_small: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "diffusion"])
-def test_saving_less_often_gives_the_same_weights(breast_small: str, tmp_path: Path, arch: str) -> None:
+def test_saving_less_often_gives_the_same_weights(breast_small: str, tmp_path: Path, arch: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     small = {"width": 8, "latent_dim": None} if arch == "diffusion" else {}
     every = train(_config(breast_small, tmp_path / "every", arch=arch, epochs=3, save_every=1, **small),
                   progress=False)
-    default = train(_config(breast_small, tmp_path / "default", arch=arch, epochs=3, **small), progress=False)
     second = train(_config(breast_small, tmp_path / "second", arch=arch, epochs=3, save_every=2, **small),
                    progress=False)
-    assert every.fingerprint == default.fingerprint == second.fingerprint
-    assert every.losses == default.losses == second.losses
+    monkeypatch.setattr("synthgen.train.SAVE_INTERVAL_S", 3600.0)  # the default: by time, here never before the end
+    by_time = train(_config(breast_small, tmp_path / "by_time", arch=arch, epochs=3, **small), progress=False)
+    assert every.fingerprint == second.fingerprint == by_time.fingerprint
+    assert every.losses == second.losses == by_time.losses
     grids = {run: sorted(p.name for p in (tmp_path / run / "samples").iterdir())
-             for run in ("every", "default", "second")}
+             for run in ("every", "second", "by_time")}
     assert grids == {"every": ["epoch-001.png", "epoch-002.png", "epoch-003.png"],
-                     "default": ["epoch-003.png"],  # three quick epochs: under the interval, only the last
-                     "second": ["epoch-002.png", "epoch-003.png"]}
+                     "second": ["epoch-002.png", "epoch-003.png"], "by_time": ["epoch-003.png"]}
+    monkeypatch.setattr("synthgen.train.SAVE_INTERVAL_S", 0.0)  # every epoch ends past the interval
+    train(_config(breast_small, tmp_path / "zero", arch=arch, epochs=2, **small), progress=False)
+    assert sorted(p.name for p in (tmp_path / "zero" / "samples").iterdir()) == ["epoch-001.png", "epoch-002.png"]
     with pytest.raises(SynthgenError, match="--save-every must be a positive"):
-        train(_config(breast_small, tmp_path / "zero", save_every=0), progress=False)
+        train(_config(breast_small, tmp_path / "bad", save_every=0), progress=False)
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "vae"])
